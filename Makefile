@@ -1,0 +1,32 @@
+# The two commands of the quick start: `make demo` and `make test`. Both set up first.
+PY := .venv/bin/python
+SHELL := /bin/bash
+
+.PHONY: setup demo test test-unit test-comfy test-server test-browser bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/demo.py
+
+test: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -v -rs --durations=15
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+test-comfy: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests/comfy -q
+
+test-server: setup
+	$(PY) -m pytest tests/server -q
+
+test-browser: setup
+	$(PY) -m pytest tests/browser -q
+
+bench: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) bench/run.py
+
+clean:
+	rm -rf .cache outputs artifacts

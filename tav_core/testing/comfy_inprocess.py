@@ -1,0 +1,49 @@
+"""ComfyUI imported in-process with the pack loaded by ComfyUI's own custom-node loader.
+
+For level-2 tests and for scripts that need ComfyUI's node definitions without a server.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+from .server import PACK_LINK_NAME, PACK_ROOT, comfyui_dir
+
+_loaded = None
+
+
+def load_comfy_with_pack():
+    """Import ComfyUI (CPU, no argv parsing), load its nodes and the pack; returns `nodes`."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
+    comfy_root = str(comfyui_dir())
+    if comfy_root not in sys.path:
+        sys.path.insert(0, comfy_root)
+    import comfy.options
+
+    # ComfyUI parses sys.argv at import time; the host program's arguments are not ComfyUI's.
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import nodes
+
+    link = Path(tempfile.mkdtemp(prefix="tav-custom-nodes-")) / PACK_LINK_NAME
+    link.symlink_to(PACK_ROOT, target_is_directory=True)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if not asyncio.run(nodes.load_custom_node(str(link))):
+        raise RuntimeError("ComfyUI failed to load the pack; see the log above")
+    _loaded = nodes
+    return nodes
+
+
+def pack_module():
+    """The pack's package module, as ComfyUI imported it."""
+    load_comfy_with_pack()
+    for name, module in sys.modules.items():
+        if name.endswith(PACK_LINK_NAME) and hasattr(module, "comfy_entrypoint"):
+            return module
+    raise LookupError("the pack module is not in sys.modules")

@@ -1,0 +1,27 @@
+"""Level 2: ComfyUI imported in-process, with the pack loaded by ComfyUI's own custom-node loader."""
+import pytest
+
+from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_module
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes():
+    """ComfyUI's `nodes` module with the pack loaded."""
+    return load_comfy_with_pack()
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_nodes):
+    """The pack's package module, as ComfyUI imported it."""
+    return pack_module()
+
+
+@pytest.fixture
+def input_dir(tmp_path):
+    """A fresh ComfyUI input folder for the test."""
+    import folder_paths
+
+    old = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    yield tmp_path
+    folder_paths.set_input_directory(old)

@@ -1,0 +1,69 @@
+"""The pack on a real server: it imports cleanly, serves its nodes and web files, loads clips."""
+import json
+import urllib.request
+
+import pytest
+
+from tav_core.testing.server import ExecutionError
+
+SERVER_CLIP = "clip.mp4"  # copied into the server's input folder by tests/conftest.py
+
+
+def load_video_prompt(**overrides):
+    inputs = {"video": SERVER_CLIP, "frame_count": 8, "start_frame": 0, "frame_stride": 2,
+              "width": 64, "height": 64, "resize_mode": "center crop"}
+    inputs.update(overrides)
+    return {"1": {"class_type": "TAVLoadVideo", "inputs": inputs},
+            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+
+
+def test_pack_imports_without_error(server):
+    log = server.log_path.read_text()
+    assert "ComfyUI-TuneAVideo" in log
+    assert "IMPORT FAILED" not in log.split("Import times for custom nodes")[-1].split("\n\n")[0]
+    info = server.get("/object_info/TAVLoadVideo")["TAVLoadVideo"]
+    assert info["display_name"] == "Load Video (Tune-A-Video)"
+    assert SERVER_CLIP in info["input"]["required"]["video"][1]["options"] if isinstance(
+        info["input"]["required"]["video"][1], dict) and "options" in info["input"]["required"]["video"][1] \
+        else SERVER_CLIP in info["input"]["required"]["video"][0]
+
+
+def test_web_extension_is_served(server):
+    extensions = server.get("/extensions")
+    ours = [e for e in extensions if "/ComfyUI-TuneAVideo/" in e]
+    assert ours, f"no web extension of the pack among {extensions}"
+    with urllib.request.urlopen(server.url + ours[0]) as r:
+        assert b"registerExtension" in r.read()
+
+
+def test_load_video_through_the_queue(server):
+    progress = []
+    history = server.run(load_video_prompt(), timeout=120,
+                         on_message=lambda kind, data: progress.append(kind))
+    assert "executed" in progress and "execution_start" in progress
+    images = history["outputs"]["2"]["images"]
+    assert len(images) == 8
+    assert all((server.base_dir / "temp" / i["subfolder"] / i["filename"]).exists() for i in images)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"video": "missing.mp4"}, "not found"),
+    ({"frame_count": 500}, "available"),
+    ({"start_frame": 10_000}, "beyond"),
+])
+def test_bad_input_gets_a_clear_error(server, overrides, expected):
+    try:
+        server.run(load_video_prompt(**overrides), timeout=60)
+    except ExecutionError as e:
+        message = str(e)
+    except RuntimeError as e:  # rejected at validation, before execution
+        message = str(e)
+    else:
+        pytest.fail("a bad input ran to success")
+    assert "Load Video (Tune-A-Video)" in message
+    assert expected in message.lower()
+
+
+def test_server_stays_usable_after_errors(server):
+    history = server.run(load_video_prompt(frame_count=4), timeout=60)
+    assert len(history["outputs"]["2"]["images"]) == 4
