@@ -1,9 +1,9 @@
 """Thin V3 node wrappers over tav_core, one module per stage of the pipeline."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import video
+from . import model, video
 
-ALL_NODES = [*video.NODES]
+ALL_NODES = [*video.NODES, *model.NODES]
 
 
 class TuneAVideoExtension(ComfyExtension):

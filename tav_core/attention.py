@@ -56,9 +56,12 @@ def sparse_causal_attention(q, k, v, heads, frames, attention_fn=sdpa_attention)
     of the same video, in a single attention_fn call over [B*F, 2N, C] keys.
     With frames == 1 the keys are [frame 0, frame 0]: every key appears twice,
     which doubles each softmax numerator and the denominator alike, so the result
-    equals plain self-attention (up to rounding).
+    equals plain self-attention: that is what runs then, so that one frame gives
+    the image model's output exactly.
     """
     _videos(q.shape[0], frames)
+    if frames == 1:
+        return attention_fn(q, k, v, heads)  # the same attention without the duplicated keys
     return attention_fn(q, _first_and_former(k, frames), _first_and_former(v, frames), heads)
 
 

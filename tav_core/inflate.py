@@ -15,7 +15,6 @@ that each model call holds whole videos, however ComfyUI batched or split the co
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import re
 import types
@@ -209,7 +208,7 @@ def temporal_patcher(patcher):
     """The ModelPatcher that holds (and patches) the temporal layers of an inflated model."""
     found = patcher.get_additional_models_with_key(KEY)
     if not found:
-        raise InflateError("Tune-A-Video: this MODEL is not inflated; pass it through Inflate Model first.")
+        raise InflateError("this MODEL is not inflated; pass it through Inflate Model first.")
     return found[0]
 
 
@@ -229,8 +228,8 @@ def inflate(patcher, seed: int = 0, video_norm: bool = True):
     blocks = transformer_blocks(diffusion_model) if diffusion_model is not None else []
     if not blocks:
         raise InflateError(
-            "Tune-A-Video: Inflate Model needs a UNet built from transformer blocks (SD1.x, SD2.x, "
-            f"SDXL); this {type(patcher.model).__name__} has none.")
+            "Tune-A-Video needs a UNet built from transformer blocks (SD1.x, SD2.x, SDXL); this "
+            f"{type(patcher.model).__name__} has none. Connect an SD1.x, SD2.x or SDXL model.")
     layers = TemporalLayers(blocks, dtype=diffusion_model.dtype, device=patcher.offload_device, seed=seed)
     layer_patcher = comfy.model_patcher.ModelPatcher(layers, load_device=patcher.load_device,
                                                      offload_device=patcher.offload_device)
@@ -251,15 +250,18 @@ def _inject_eject(video_norm: bool):
     return inflation.inject, inflation.eject
 
 
-def with_frames(patcher, frames: int):
-    """A clone whose model calls treat every `frames` batch rows as one video."""
-    model = patcher.clone()
-    model.model_options["transformer_options"][FRAMES_OPTION] = int(frames)
-    return model
+def call_options(patcher, frames: int) -> dict:
+    """transformer_options for calling a model directly (outside a sampler) on `frames`-frame videos.
+
+    Built as ComfyUI's samplers build them, with the patcher's wrappers merged in.
+    """
+    options = comfy.patcher_extension.copy_nested_dicts(patcher.model_options["transformer_options"])
+    comfy.patcher_extension.merge_nested_dicts(options.setdefault("wrappers", {}), patcher.wrappers,
+                                               copy_dict1=False)
+    options[FRAMES_OPTION] = int(frames)
+    return options
 
 
-@contextlib.contextmanager
-def loaded(patcher):
-    """Load the model (and its temporal layers) the ComfyUI way, for direct calls outside sampling."""
+def load(patcher) -> None:
+    """Load the model and its temporal layers the ComfyUI way, for direct calls outside sampling."""
     comfy.model_management.load_models_gpu([patcher, *patcher.get_nested_additional_models()])
-    yield patcher.model

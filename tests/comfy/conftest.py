@@ -25,3 +25,23 @@ def input_dir(tmp_path):
     folder_paths.set_input_directory(str(tmp_path))
     yield tmp_path
     folder_paths.set_input_directory(old)
+
+
+@pytest.fixture(scope="session")
+def core(pack):
+    """The pack's tav_core package, as imported by ComfyUI (so class identities match the nodes')."""
+    import importlib
+    import types
+
+    names = ("attention", "inflate", "schedule", "video")
+    return types.SimpleNamespace(**{n: importlib.import_module(f"{pack.__name__}.tav_core.{n}") for n in names})
+
+
+@pytest.fixture(scope="session")
+def sd15(comfy_nodes, tiny_checkpoint):
+    """(MODEL, CLIP, VAE) of the tiny random-weight SD1.5 checkpoint, loaded by ComfyUI's stock loader."""
+    import comfy.sd
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(tiny_checkpoint), output_vae=True, output_clip=True)
+    return model, clip, vae
