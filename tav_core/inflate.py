@@ -91,6 +91,7 @@ class TemporalLayers(torch.nn.Module):
                                       operations=comfy.ops.disable_weight_init)
             layer.reset_parameters(generator)  # on CPU in float32: the same seed, the same weights
             self._place(path, layer.to(device=device, dtype=dtype))
+        self.requires_grad_(False)  # like ComfyUI's models; tuning enables what it trains
 
     def _place(self, path: str, layer: torch.nn.Module) -> None:
         parent = self

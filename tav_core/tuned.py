@@ -1,0 +1,92 @@
+"""Tuned weights as weight patches on an inflated clone, so that LoRA and other patches stack.
+
+Tensors are named as in an inflated ComfyUI UNet: `diffusion_model.<module path>.<param>`, where the
+temporal layers sit in their transformer blocks (`...transformer_blocks.0.attn_temp.to_q.weight`)
+although they live in the temporal ModelPatcher. Those names map 1:1 to the official checkpoint's
+through ComfyUI's UNet key map (see weights.py).
+"""
+from __future__ import annotations
+
+import torch
+
+import comfy.lora
+
+from . import inflate
+
+UNET_PREFIX = "diffusion_model."
+TUNED_ATTACHMENT = "tuneavideo.tuned"
+_TEMPORAL_PARTS = (".attn_temp.", ".norm_temp.")
+
+
+def is_temporal(name: str) -> bool:
+    return any(part in name for part in _TEMPORAL_PARTS)
+
+
+def _owner(patcher, name: str):
+    """(ModelPatcher, its own key) that holds the tensor `name`."""
+    if is_temporal(name):
+        return inflate.temporal_patcher(patcher), name[len(UNET_PREFIX):]
+    return patcher, name
+
+
+def temporal_names(patcher) -> list[str]:
+    return [UNET_PREFIX + k for k in inflate.temporal_layers(patcher).state_dict()]
+
+
+def tuned_names(patcher) -> list[str]:
+    """Every tensor a tuned-weight file holds: all temporal ones plus the tuned UNet ones."""
+    tuned = patcher.get_attachment(TUNED_ATTACHMENT) or {}
+    return temporal_names(patcher) + sorted(tuned.get("names", ()))
+
+
+def tuned_metadata(patcher) -> dict:
+    return dict((patcher.get_attachment(TUNED_ATTACHMENT) or {}).get("metadata", {}))
+
+
+def add_deltas(patcher, deltas: dict[str, torch.Tensor], metadata: dict | None = None):
+    """An inflated clone with `deltas` added to its weights as "diff" patches.
+
+    The temporal ModelPatcher is cloned too, so the input model keeps its own weights.
+    """
+    model = inflate.inflate(patcher)
+    layers = inflate.temporal_patcher(model).clone()
+    model.set_additional_models(inflate.KEY, [layers])
+    unet_deltas, temporal_deltas = {}, {}
+    for name, delta in deltas.items():
+        owner, key = _owner(model, name)
+        (temporal_deltas if owner is layers else unet_deltas)[key] = ("diff", (delta,))
+    for owner, patches in ((model, unet_deltas), (layers, temporal_deltas)):
+        added = owner.add_patches(patches, 1.0)
+        missing = set(patches) - set(added)
+        if missing:
+            raise KeyError(f"the model has no tensors named {sorted(missing)[:5]}")
+    previous = patcher.get_attachment(TUNED_ATTACHMENT) or {}
+    names = set(previous.get("names", ())) | {n for n in deltas if not is_temporal(n)}
+    model.set_attachments(TUNED_ATTACHMENT, {"names": sorted(names),
+                                             "metadata": {**previous.get("metadata", {}), **(metadata or {})}})
+    return model
+
+
+def _weights(patcher, names, with_patches: bool) -> dict[str, torch.Tensor]:
+    out, key_patches = {}, {}
+    for name in names:
+        owner, key = _owner(patcher, name)
+        if id(owner) not in key_patches:  # one state-dict walk per ModelPatcher
+            key_patches[id(owner)] = owner.get_key_patches()
+        patches = key_patches[id(owner)].get(key)
+        if patches is None:
+            raise KeyError(f"the model has no tensor {name}")
+        (weight, convert), *rest = patches
+        value = convert(weight.detach().to(torch.float32, copy=True), inplace=True)
+        out[name] = comfy.lora.calculate_weight(rest, value, key) if with_patches and rest else value
+    return out
+
+
+def effective_weights(patcher, names) -> dict[str, torch.Tensor]:
+    """The float32 values of `names` with all their patches applied, as ComfyUI computes them."""
+    return _weights(patcher, names, with_patches=True)
+
+
+def raw_weights(patcher, names) -> dict[str, torch.Tensor]:
+    """The float32 values of `names` without any patch: what patches are relative to."""
+    return _weights(patcher, names, with_patches=False)
