@@ -27,7 +27,7 @@ import comfy.model_patcher
 import comfy.ops
 import comfy.patcher_extension
 from comfy.ldm.modules.attention import BasicTransformerBlock
-from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
 from .attention import TemporalAttention, sparse_causal_attention, video_group_norm
 
@@ -65,7 +65,8 @@ def video_norms(diffusion_model) -> list[torch.nn.GroupNorm]:
     """The GroupNorms that the official 3D UNet applies to whole videos: ResNet blocks' and `out`."""
     norms = []
     for module in diffusion_model.modules():
-        if type(module) is ResBlock:
+        # isinstance: gradient checkpointing swaps in subclass views; video UNets' own blocks excluded
+        if isinstance(module, ResBlock) and not isinstance(module, VideoResBlock):
             norms += [module.in_layers[0], module.out_layers[0]]
     out = getattr(diffusion_model, "out", None)
     if out is not None and isinstance(out[0], torch.nn.GroupNorm):

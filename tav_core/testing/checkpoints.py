@@ -73,6 +73,7 @@ _LEVELS = {
 # Parameters that ComfyUI's constructors fill with real values: TAESD's latent scale and shift,
 # CLIP's logit scale (which the SD1 layout does not store).
 _CONSTRUCTOR_INITIALISED = ("vae_scale", "vae_shift", "logit_scale")
+_CONTROLNET_STREAM = 1 << 40
 
 
 def bootstrap_comfyui() -> None:
@@ -113,14 +114,7 @@ def write_sd15_checkpoint(path, size: str = "tiny", seed: int = 0) -> Path:
     }
     metadata = {"format": "pt", "generator": f"tav_core.testing.checkpoints {generator_tag()}",
                 "size": size, "seed": str(seed)}
-    # A unique temporary name in the same directory, so readers never see a partial file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a shared cache must be readable
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _save_atomically(tensors, path, metadata)
     return path
 
 
@@ -141,6 +135,51 @@ def cached_sd15_checkpoint(cache_dir=None, size: str = "tiny") -> Path:
             if not path.exists():
                 write_sd15_checkpoint(path, size=size)
     return path
+
+
+def write_sd15_controlnet(path, seed: int = 0) -> Path:
+    """Write a random-weight ControlNet for the tiny UNet in the original SD1.5 ControlNet layout.
+
+    Keys are `control_model.*` as in lllyasviel's `control_sd15_*.pth`, with an RGB hint. Real
+    ControlNets start with zero convs, which would make the control invisible in tests, so every
+    tensor (zero convs included) gets PyTorch's default init.
+    """
+    path = Path(path)
+    comfy = _import_comfy()
+    import comfy.cldm.cldm
+
+    unet_config = comfy.supported_models.SD15(sd15_unet_config("tiny")).unet_config
+    control = comfy.cldm.cldm.ControlNet(
+        **{k: v for k, v in unet_config.items() if k != "out_channels"}, hint_channels=3,
+        dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
+    # A stream of its own, apart from every checkpoint seed's UNet, CLIP and VAE streams.
+    weights = _initialised_weights(control, torch.Generator().manual_seed(_CONTROLNET_STREAM + seed))
+    _save_atomically({f"control_model.{k}": v for k, v in weights.items()}, path,
+                     {"format": "pt", "generator": f"tav_core.testing.checkpoints {generator_tag()}"})
+    return path
+
+
+def cached_sd15_controlnet(cache_dir=None) -> Path:
+    """The tiny ControlNet (seed 0) in the checkpoint cache, generated on first use."""
+    default = os.environ.get("TAV_TEST_MODELS") or PACK_ROOT / ".cache" / "test-models"
+    path = Path(cache_dir or default) / f"controlnet-sd15-tiny-{generator_tag()}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                write_sd15_controlnet(path)
+    return path
+
+
+def _save_atomically(tensors: dict, path: Path, metadata: dict) -> None:
+    # A unique temporary name in the same directory, so readers never see a partial file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o644)  # safetensors creates it owner-only; a shared cache must be readable
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def generator_tag() -> str:

@@ -33,7 +33,8 @@ def core(pack):
     import importlib
     import types
 
-    names = ("attention", "inflate", "schedule", "video")
+    names = ("attention", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned", "tuning", "video",
+             "weights")
     return types.SimpleNamespace(**{n: importlib.import_module(f"{pack.__name__}.tav_core.{n}") for n in names})
 
 

@@ -1,0 +1,302 @@
+"""One-shot tuning of an inflated model on one clip (paper Sec. 3.3), the ComfyUI way.
+
+- The clip's latents are encoded once, by the graph; text embeddings come from the conditioning.
+- Each trainable tensor gets a trainable copy in float32 (or a low-rank delta), spliced into the
+  forward pass by a ComfyUI weight wrapper on a training clone; every other weight passes through
+  an identity wrapper, which makes ComfyUI rebuild it as an ordinary tensor: checkpoint weights are
+  inference tensors, and autograd cannot save those for backward.
+- The loop runs as a ComfyUI sampler, so ComfyUI loads the models, processes the conditioning
+  (SDXL's pooled and size conds too) and records the frame count. The model is queried at a
+  uniformly drawn training timestep, and the loss is the paper's: MSE between the noise and the
+  predicted noise (the v target for v-prediction models).
+- The result is a clone carrying the learned changes as "diff" weight patches (tuned.add_deltas):
+  the input model is untouched, and LoRA and other patches stack.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+from comfy.ldm.modules.attention import BasicTransformerBlock
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
+
+from . import checkpointing, inflate, tune_cache, tuned
+
+PRESETS = {
+    "paper (attn1.to_q, attn2.to_q, attn_temp)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
+    "temporal only (attn_temp)": ("attn_temp",),
+    "paper + attn1.to_k, attn1.to_v": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn_temp"),
+    "paper, LoRA rank 16 (small files)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
+}
+LORA_PRESET = "paper, LoRA rank 16 (small files)"
+LORA_RANK = 16
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("AdamW", "AdamW 8-bit")
+
+
+class TuneError(ValueError):
+    pass
+
+
+@dataclass
+class TuneSettings:
+    steps: int = 500
+    learning_rate: float = 3e-5
+    seed: int = 0
+    trainable: str = next(iter(PRESETS))
+    gradient_checkpointing: bool = True
+    precision: str = "auto"
+    optimizer: str = "AdamW"
+    # The official optimiser settings.
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TuneResult:
+    model: object
+    losses: list[float] = field(default_factory=list)
+
+
+def trainable_names(patcher, preset: str) -> list[str]:
+    """The tensors a preset trains, in inflated-UNet naming (see tuned.py)."""
+    modules = PRESETS[preset]
+    names = []
+    for path, block, _ in inflate.transformer_blocks(patcher.model.diffusion_model):
+        for module in modules:
+            if module == "attn_temp":
+                layer = inflate.temporal_layers(patcher).layer(path).attn_temp
+                names += [f"{tuned.UNET_PREFIX}{path}.attn_temp.{k}" for k in layer.state_dict()]
+            else:
+                names.append(f"{tuned.UNET_PREFIX}{path}.{module}.weight")
+    return names
+
+
+class FullCopy(torch.nn.Module):
+    """Trains the whole tensor, as the official code does (weight decay included)."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.register_buffer("initial", value, persistent=False)
+        self.value = torch.nn.Parameter(value.clone())
+
+    def forward(self, weight):
+        return self.value.to(weight.dtype)
+
+    def delta(self) -> torch.Tensor:
+        return (self.value - self.initial).detach()
+
+
+class LowRankDelta(torch.nn.Module):
+    """Trains a rank-r change B @ A of a matrix (biases and vectors train in full)."""
+
+    def __init__(self, value: torch.Tensor, rank: int, generator: torch.Generator):
+        super().__init__()
+        out_features, in_features = value.shape
+        self.down = torch.nn.Parameter(torch.empty(rank, in_features))
+        torch.nn.init.kaiming_uniform_(self.down, a=math.sqrt(5), generator=generator)
+        self.up = torch.nn.Parameter(torch.zeros(out_features, rank))  # the change starts at zero
+
+    def forward(self, weight):
+        return weight + (self.up @ self.down).to(weight.dtype)
+
+    def delta(self) -> torch.Tensor:
+        return (self.up @ self.down).detach()
+
+
+def _identity(weight):
+    return weight
+
+
+def _autocast_dtype(precision: str, device: torch.device):
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None  # CPUs: fp32 is both exact and, without bf16 units, fastest
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _make_optimizer(name: str, params, settings: TuneSettings):
+    kwargs = dict(lr=settings.learning_rate, betas=settings.betas, weight_decay=settings.weight_decay,
+                  eps=settings.eps)
+    if name == "AdamW 8-bit":
+        try:
+            import bitsandbytes
+        except ImportError as e:
+            raise TuneError("the AdamW 8-bit optimizer needs bitsandbytes (pip install bitsandbytes); "
+                            "choose AdamW instead.") from e
+        return bitsandbytes.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def check_inputs(patcher, positive, latents: torch.Tensor) -> None:
+    if latents.ndim != 4 or latents.shape[0] < 2:
+        raise TuneError(f"the latent must hold the clip's frames [F,C,h,w] with F >= 2; got "
+                        f"{tuple(latents.shape)}. Encode the Load Video frames with VAE Encode.")
+    unet = patcher.model.diffusion_model
+    if latents.shape[1] != unet.in_channels:
+        raise TuneError(f"the latent has {latents.shape[1]} channels but the model expects "
+                        f"{unet.in_channels}; encode the clip with this model's VAE.")
+    factor = 2 ** sum(1 for m in unet.modules() if isinstance(m, Downsample))
+    if latents.shape[2] % factor or latents.shape[3] % factor:
+        raise TuneError(f"latent size {latents.shape[3]}x{latents.shape[2]} is not a multiple of {factor}; "
+                        f"use frames whose width and height are multiples of {8 * factor}.")
+    context_dim = _context_dim(unet)
+    for cond, _ in positive:
+        if cond.shape[-1] != context_dim:
+            raise TuneError(f"the conditioning has width {cond.shape[-1]} but the model expects "
+                            f"{context_dim}: encode the prompt with this checkpoint's CLIP.")
+
+
+def _context_dim(unet) -> int:
+    block = next(m for m in unet.modules() if isinstance(m, BasicTransformerBlock))
+    return block.attn2.to_k.in_features
+
+
+class _TrainingLoop(comfy.samplers.Sampler):
+    """Runs the optimisation inside ComfyUI's sampling machinery (as ComfyUI's own trainer does)."""
+
+    def __init__(self, adapters, settings: TuneSettings, autocast_dtype, on_step):
+        self.adapters = adapters
+        self.settings = settings
+        self.autocast_dtype = autocast_dtype
+        self.on_step = on_step
+        self.losses: list[float] = []
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+               denoise_mask=None, disable_pbar=False):
+        s = self.settings
+        model_sampling = model_wrap.inner_model.model_sampling
+        v_prediction = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
+        device = latent_image.device
+        generator = torch.Generator(device="cpu").manual_seed(s.seed)
+        params = [p for a in self.adapters.values() for p in a.parameters()]
+        optimizer = _make_optimizer(s.optimizer, params, s)
+        scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
+        x0 = latent_image
+        for step in range(s.steps):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            t = int(torch.randint(0, len(model_sampling.sigmas), (1,), generator=generator))
+            eps = torch.randn(x0.shape, generator=generator).to(device)
+            sigma = model_sampling.sigmas[t].to(device).expand(x0.shape[0])
+            x = model_sampling.noise_scaling(sigma, eps, x0)
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                denoised = model_wrap(x, sigma, **extra_args)
+            sigma4 = sigma.reshape(-1, 1, 1, 1)
+            predicted_eps = (x - denoised.float()) / sigma4
+            if v_prediction:  # v = sqrt(a) eps - sqrt(1-a) x0, with a = 1 / (1 + sigma^2)
+                alpha = 1 / (1 + sigma4 ** 2)
+                prediction = alpha.sqrt() * predicted_eps - (1 - alpha).sqrt() * denoised.float()
+                target = alpha.sqrt() * eps - (1 - alpha).sqrt() * x0
+            else:
+                prediction, target = predicted_eps, eps
+            loss = torch.nn.functional.mse_loss(prediction, target)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            self.losses.append(float(loss.detach()))
+            if self.on_step:
+                self.on_step(step + 1, s.steps, self.losses[-1])
+        return latent_image
+
+
+def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
+         cache_dir: str | None = None) -> TuneResult:
+    """Tune an (inflated, or to be inflated) model on the clip `latent` with its source prompt.
+
+    `on_step(step, steps, loss)` is called after every optimiser step. With `cache_dir`, the tuned
+    weights are looked up there first, and stored there after tuning.
+    """
+    model = inflate.inflate(patcher)
+    latents = latent["samples"]
+    check_inputs(model, positive, latents)
+    key = tune_cache.cache_key(model, positive, latents, settings) if cache_dir else None
+    cached = tune_cache.load(cache_dir, key) if key else None
+    if cached is not None:
+        deltas, losses = cached
+        logging.info("Tune-A-Video: One-Shot Tune found its result in the cache (%s); skipping %d steps.",
+                     key, settings.steps)
+    else:
+        deltas, losses = _train(model, positive, latents, settings, on_step)
+        if key:
+            tune_cache.store(cache_dir, key, deltas, losses)
+    metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
+                "trainable": settings.trainable, "frames": int(latents.shape[0])}
+    return TuneResult(tuned.add_deltas(model, deltas, metadata), losses)
+
+
+def _train(model, positive, latents, settings: TuneSettings, on_step):
+    names = trainable_names(model, settings.trainable)
+    generator = torch.Generator().manual_seed(settings.seed)
+    with torch.inference_mode(False), torch.enable_grad():
+        # Fresh (non-inference) copies: autograd saves them.
+        positive = [[c.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in o.items()}]
+                    for c, o in positive]
+        latents = latents.clone()
+        start = tuned.effective_weights(model, names)
+        adapters = {}
+        for name in names:
+            if settings.trainable == LORA_PRESET and start[name].ndim == 2:
+                adapters[name] = LowRankDelta(start[name], LORA_RANK, generator)
+            else:
+                adapters[name] = FullCopy(start[name])
+        training = _training_clone(model, adapters, settings.gradient_checkpointing)
+        device = training.load_device
+        for adapter in adapters.values():
+            adapter.to(device)
+        loop = _TrainingLoop(adapters, settings, _autocast_dtype(settings.precision, device), on_step)
+        guider = comfy.samplers.CFGGuider(training)
+        guider.set_conds(positive, [])
+        guider.set_cfg(1.0)
+        try:
+            guider.sample(torch.zeros_like(latents), latents, loop, torch.ones(2), seed=settings.seed,
+                          disable_pbar=True)
+        finally:
+            _unload(training)
+        return {name: adapter.delta().cpu() for name, adapter in adapters.items()}, loop.losses
+
+
+def _training_clone(model, adapters: dict, gradient_checkpointing: bool):
+    """A clone whose forward pass uses the adapters, and only ordinary (non-inference) weights."""
+    training = model.clone()
+    layers = inflate.temporal_patcher(model).clone()
+    training.set_additional_models(inflate.KEY, [layers])
+    for owner, prefix in ((training, ""), (layers, tuned.UNET_PREFIX)):
+        for key, value in owner.model.state_dict().items():
+            if not key.endswith((".weight", ".bias")):
+                continue
+            wrapper = adapters.get(prefix + key, _identity)
+            owner.add_weight_wrapper(key, wrapper)
+    if gradient_checkpointing:
+        checkpointing.add_checkpointing(training)
+    return training
+
+
+def _unload(training) -> None:
+    """Unload the training clone now, so its wrappers and checkpointed views leave the shared model."""
+    targets = {id(training), *(id(m) for m in training.get_nested_additional_models())}
+    for loaded in list(comfy.model_management.current_loaded_models):
+        if loaded.model is not None and id(loaded.model) in targets:
+            loaded.model_unload()
+            comfy.model_management.current_loaded_models.remove(loaded)
+    comfy.model_management.soft_empty_cache()

@@ -1,0 +1,350 @@
+"""DDIM Invert / Video Sample on ComfyUI's sampling machinery, checked against a naive reference loop.
+
+The naive loop is tav_core.schedule's reference DDIM (diffusers' float32 alphas) with the UNet called
+directly at integer timesteps and classifier-free guidance done by hand, as the official code does.
+"""
+import math
+
+import pytest
+import torch
+
+FRAMES = 4
+STEPS = 5
+CFG = 12.5
+SCALE = 0.18215  # the reference's latent scale: its latents are raw VAE latents times this
+TOLERANCE = 1e-4
+
+
+def relative_error(got, expected):
+    return ((got - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def frames(core, synthetic_clip):
+    images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
+    return torch.from_numpy(images)
+
+
+@pytest.fixture(scope="module")
+def clip_latents(sd15, frames):
+    return sd15[2].encode(frames)  # raw VAE latents [F, 4, 8, 8]
+
+
+@pytest.fixture(scope="module")
+def prompts(sd15):
+    clip = sd15[1]
+    return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car on a road")}
+
+
+@pytest.fixture(scope="module")
+def inflated(sd15, core):
+    model = core.inflate.inflate(sd15[0], seed=0)
+    layers = core.inflate.temporal_layers(model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # trained-looking temporal layers (they start at zero), so that they contribute
+        for name, p in layers.named_parameters():
+            if "attn_temp.to_out" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def no_interrupt_left():
+    import comfy.model_management
+
+    yield
+    comfy.model_management.interrupt_current_processing(False)
+
+
+def v_prediction(model):
+    """The model with v-prediction sampling, patched in as core ModelSamplingDiscrete does."""
+    import comfy.model_sampling
+
+    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+        pass
+
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
+    return patched
+
+
+class NaiveReference:
+    """The official loops: UNet at integer t, eps (or v converted to eps), CFG by hand, diffusers' alphas."""
+
+    def __init__(self, core, patcher, v_pred=False):
+        self.core, self.patcher, self.v_pred = core, patcher, v_pred
+        self.alphas = core.schedule.scaled_linear_alphas_cumprod()
+
+    def eps_fn(self, contexts, cfg=1.0):
+        unet = self.patcher.model.diffusion_model
+        options = self.core.inflate.call_options(self.patcher, FRAMES)
+
+        def eps_of(x, t, context):
+            out = unet(x, torch.full((x.shape[0],), float(t)), context=context.expand(x.shape[0], -1, -1),
+                       transformer_options=options).float()
+            return self.core.schedule.v_to_eps(out, x, self.alphas[t]) if self.v_pred else out
+
+        def eps(x, t):
+            if len(contexts) == 1:
+                return eps_of(x, t, contexts[0])
+            # One call on [cond video; uncond video], as the official pipeline batches them.
+            both = torch.cat([c.expand(x.shape[0], -1, -1) for c in contexts])
+            cond, uncond = eps_of(torch.cat([x, x]), t, both).chunk(2)
+            return uncond + cfg * (cond - uncond)
+
+        return eps
+
+    def invert(self, raw, context, steps=STEPS):
+        self.core.inflate.load(self.patcher)
+        return self.core.schedule.ddim_invert(self.eps_fn([context]), raw * SCALE, steps, self.alphas)
+
+    def sample(self, x_t, cond, uncond, steps=STEPS, cfg=CFG, eta=0.0, generator=None):
+        self.core.inflate.load(self.patcher)
+        x = self.core.schedule.ddim_sample(self.eps_fn([cond, uncond], cfg), x_t, steps, self.alphas, eta, generator)
+        return x / SCALE
+
+    def last_level(self, steps=STEPS):
+        return self.alphas[self.core.schedule.ddim_timesteps(steps)[0]]
+
+
+def context(conditioning):
+    return conditioning[0][0]
+
+
+def invert_and_sample(core, model, raw, prompts, steps=STEPS):
+    with torch.inference_mode():
+        inverted = core.sampling.ddim_invert(model, raw, prompts[""], steps)
+        sampled = core.sampling.ddim_sample(model, prompts["a red car on a road"], prompts[""], inverted, steps,
+                                            CFG, 0.0, 0, from_inversion=True)
+    return inverted, sampled
+
+
+# v-prediction with 3 steps, to keep the CPU time down (the cost is the number of UNet calls).
+@pytest.mark.parametrize("v_pred,steps", [(False, STEPS), (True, 3)], ids=["eps", "v-prediction"])
+def test_invert_and_sample_match_the_naive_reference(core, inflated, clip_latents, prompts, v_pred, steps):
+    model = v_prediction(inflated) if v_pred else inflated
+    inverted, sampled = invert_and_sample(core, model, clip_latents, prompts, steps)
+    naive = NaiveReference(core, model, v_pred)
+    with torch.inference_mode():
+        expected_inverted = naive.invert(clip_latents, context(prompts[""]), steps)
+        expected = naive.sample(expected_inverted, context(prompts["a red car on a road"]), context(prompts[""]),
+                                steps)
+    # The inverted LATENT is ComfyUI's x = x_ddim / sqrt(a_T), in raw VAE units.
+    got_inverted = inverted * SCALE * naive.last_level(steps).sqrt()
+    errors = relative_error(got_inverted, expected_inverted), relative_error(sampled, expected)
+    print(f"max relative error vs naive reference ({'v' if v_pred else 'eps'}): invert {errors[0]:.2e}, "
+          f"sample {errors[1]:.2e}")
+    assert max(errors) < TOLERANCE, errors
+    assert (sampled - clip_latents).abs().max() > 1e-2  # the prompt changed the video
+
+
+def test_text_to_video_from_seeded_noise_with_eta_matches_the_naive_reference(core, inflated, prompts):
+    empty = torch.zeros(FRAMES, 4, 8, 8)
+    positive, negative = prompts["a red car on a road"], prompts[""]
+    with torch.inference_mode():
+        got = core.sampling.ddim_sample(inflated, positive, negative, empty, 3, CFG, 0.5, 7, from_inversion=False)
+        generator = torch.Generator().manual_seed(7)  # one stream: x_T first, then the eta noise
+        x_t = torch.randn(empty.shape, generator=generator)
+        expected = NaiveReference(core, inflated).sample(x_t, context(positive), context(negative), 3, eta=0.5,
+                                                         generator=generator)
+    assert relative_error(got, expected) < TOLERANCE
+
+
+def gaussian_data_model(model, mean=0.5, std=1.0):
+    """The model as the exact denoiser of data x0 ~ N(mean, std^2) (in model space), for any prompt."""
+    patched = model.clone()
+
+    def denoise(apply_model, args):
+        x, sigma = args["input"], args["timestep"].view(-1, 1, 1, 1)
+        return mean + std**2 / (std**2 + sigma**2) * (x - mean)
+
+    patched.set_model_unet_function_wrapper(denoise)
+    return patched
+
+
+@pytest.fixture(scope="module")
+def exact_model(sd15):
+    return gaussian_data_model(sd15[0])
+
+
+def test_inversion_then_sampling_recovers_the_clip_with_an_exact_model(core, exact_model, clip_latents, prompts):
+    latents = clip_latents / (clip_latents.std() * SCALE)  # the clip at the data's scale (unit std in model space)
+    empty = prompts[""]
+    errors = []
+    for steps in (10, 50, 250):
+        with torch.inference_mode():
+            inverted = core.sampling.ddim_invert(exact_model, latents, empty, steps)
+            recovered = core.sampling.ddim_sample(exact_model, empty, empty, inverted, steps, 1.0, 0.0, 0,
+                                                  from_inversion=True)
+        errors.append(relative_error(recovered, latents))
+        assert (inverted - latents).abs().max() > 1.0 / SCALE  # it did travel to noise and back
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 1e-2, errors
+
+
+def test_eta_noise_is_seeded(core, exact_model, prompts):
+    def run(seed):
+        empty, cond = torch.zeros(FRAMES, 4, 8, 8), prompts[""]
+        with torch.inference_mode():
+            return core.sampling.ddim_sample(exact_model, cond, cond, empty, STEPS, CFG, 0.5, seed, from_inversion=False)
+
+    got, again, other = run(7), run(7), run(8)
+    assert torch.equal(got, again)
+    assert not torch.allclose(got, other)
+
+
+def controlnet_conds(prompts, frames):
+    import comfy.controlnet
+    import nodes
+
+    from tav_core.testing.checkpoints import cached_sd15_controlnet
+
+    control = comfy.controlnet.load_controlnet(str(cached_sd15_controlnet()))
+    apply = nodes.NODE_CLASS_MAPPINGS["ControlNetApplyAdvanced"]()
+    return apply.apply_controlnet(prompts["a red car on a road"], prompts[""], control, frames, 1.0, 0.0, 1.0)
+
+
+def short_video(core, model, positive, negative):
+    """A cheap text-to-video run (2 steps from seeded noise) for checks that patches take effect."""
+    with torch.inference_mode():
+        return core.sampling.ddim_sample(model, positive, negative, torch.zeros(FRAMES, 4, 8, 8), 2, CFG,
+                                         0.0, 0, from_inversion=False)
+
+
+@pytest.fixture(scope="module")
+def plain_video(core, inflated, prompts):
+    return short_video(core, inflated, prompts["a red car on a road"], prompts[""])
+
+
+def test_controlnet_in_the_conditioning_steers_the_inflated_model(core, inflated, prompts, frames, plain_video):
+    controlled = short_video(core, inflated, *controlnet_conds(prompts, frames))
+    assert torch.isfinite(controlled).all()
+    assert relative_error(controlled, plain_video) > 1e-3
+
+
+def write_random_lora(path, model, seed=0, rank=4):
+    """A kohya-style LoRA (`lora_unet_...` names) on some attention to_k/to_v projections."""
+    import comfy.lora
+    from safetensors.torch import save_file
+
+    targets = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v": "input_blocks.1.1.transformer_blocks.0.attn2.to_v",
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k": "middle_block.1.transformer_blocks.0.attn1.to_k",
+    }
+    known = comfy.lora.model_lora_keys_unet(model.model, {})
+    assert all(name in known for name in targets), "ComfyUI does not map these LoRA names"
+    g = torch.Generator().manual_seed(seed)
+    weights = model.model.diffusion_model.state_dict()
+    tensors = {}
+    for name, module in targets.items():
+        out_features, in_features = weights[f"{module}.weight"].shape
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=g) / math.sqrt(in_features)
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=g)
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    save_file(tensors, str(path))
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("loras", str(tmp_path))
+    yield tmp_path
+    folder_paths.folder_names_and_paths["loras"][0].remove(str(tmp_path))
+
+
+def test_lora_on_the_inflated_model_changes_the_video(core, inflated, sd15, prompts, lora_dir, plain_video):
+    import nodes
+
+    write_random_lora(lora_dir / "random.safetensors", inflated)
+    lora_model, _ = nodes.NODE_CLASS_MAPPINGS["LoraLoader"]().load_lora(inflated, sd15[1], "random.safetensors", 1.0, 0.0)
+    assert core.inflate.is_inflated(lora_model)
+    with_lora = short_video(core, lora_model, prompts["a red car on a road"], prompts[""])
+    assert torch.isfinite(with_lora).all()
+    assert relative_error(with_lora, plain_video) > 1e-3
+
+
+@pytest.fixture
+def progress_hook():
+    import comfy.utils
+
+    calls = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    yield calls
+    comfy.utils.set_progress_bar_global_hook(previous)
+
+
+def test_progress_is_reported_once_per_step(core, exact_model, clip_latents, prompts, progress_hook):
+    invert_and_sample(core, exact_model, clip_latents, prompts)
+    expected = [(step, STEPS) for step in range(1, STEPS + 1)]
+    assert progress_hook == expected * 2  # inversion, then sampling
+
+
+def test_interrupt_stops_the_run_and_the_next_run_works(core, exact_model, clip_latents, prompts):
+    import comfy.model_management
+
+    def interrupt_at_step_1(step, x0, x, total_steps):
+        if step == 1:
+            comfy.model_management.interrupt_current_processing(True)
+
+    with torch.inference_mode():
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            core.sampling.ddim_invert(exact_model, clip_latents, prompts[""], STEPS, callback=interrupt_at_step_1)
+        assert torch.isfinite(core.sampling.ddim_invert(exact_model, clip_latents, prompts[""], STEPS)).all()
+
+
+@pytest.fixture(scope="module")
+def sample_nodes(pack):
+    return pack.nodes.sample.DDIMInvert, pack.nodes.sample.VideoSample
+
+
+def test_schemas_have_descriptions_and_tooltips(sample_nodes):
+    for node in sample_nodes:
+        info = node.GET_NODE_INFO_V1()
+        assert info["description"] and info["category"] == "Tune-A-Video"
+        assert all(spec[1].get("tooltip") for spec in info["input"]["required"].values())
+        assert all(info["output_tooltips"])
+    assert sample_nodes[0].GET_NODE_INFO_V1()["output"] == ["LATENT", "NOISE"]
+
+
+def test_nodes_sample_the_inversion_and_refuse_mismatches(core, sample_nodes, exact_model, clip_latents, prompts):
+    invert, sample = sample_nodes
+    positive, negative = prompts["a red car on a road"], prompts[""]
+    with torch.inference_mode():
+        latent, noise = invert.execute(exact_model, {"samples": clip_latents}, negative, STEPS).result
+        (video,) = sample.execute(exact_model, positive, negative, latent, STEPS, CFG, 0, 0.0).result
+        _, expected = invert_and_sample(core, exact_model, clip_latents, prompts)
+    assert latent[core.sampling.INVERSION_KEY]["steps"] == STEPS
+    assert core.sampling.INVERSION_KEY not in video
+    assert torch.equal(video["samples"], expected)
+    with pytest.raises(ValueError, match="inverted with 5 steps"):
+        sample.execute(exact_model, positive, negative, latent, STEPS + 1, CFG, 0, 0.0)
+    with pytest.raises(ValueError, match="inverted as 4 frames"):
+        sample.execute(exact_model, positive, negative, {**latent, "samples": latent["samples"][:2]}, STEPS, CFG, 0, 0.0)
+
+
+def test_inversion_noise_starts_core_sampler_custom_advanced_from_the_inversion(core, exact_model, clip_latents,
+                                                                                  prompts, comfy_nodes):
+    import comfy.samplers
+
+    positive, negative = prompts["a red car on a road"], prompts[""]
+    sigmas = core.sampling.ddim_levels(exact_model, STEPS)
+    basic = comfy.samplers.calculate_sigmas(exact_model.get_model_object("model_sampling"), "ddim_uniform", STEPS)
+    assert torch.allclose(basic[:-1], sigmas[:-1])  # ddim_uniform hits the same levels when steps divides 1000
+    with torch.inference_mode():
+        inverted = core.sampling.ddim_invert(exact_model, clip_latents, negative, STEPS)
+        noise = core.sampling.InversionNoise(exact_model, inverted, STEPS)
+        guider = comfy.samplers.CFGGuider(exact_model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(CFG)
+        sampler = comfy.samplers.sampler_object("euler")  # Euler is deterministic DDIM in ComfyUI's space
+        advanced = comfy_nodes.NODE_CLASS_MAPPINGS["SamplerCustomAdvanced"]
+        out, _ = advanced.execute(noise, guider, sampler, sigmas, {"samples": torch.zeros_like(inverted)}).result
+        expected = core.sampling.ddim_sample(exact_model, positive, negative, inverted, STEPS, CFG, 0.0, 0, True)
+    # Core returns ComfyUI's x at the last level; the reference's x_ddim is sqrt(a[0]) times it.
+    last_level = 1 / (1 + sigmas[-1].double() ** 2)
+    assert relative_error(out["samples"] * last_level.sqrt().float(), expected) < TOLERANCE
+    with pytest.raises(ValueError, match="empty"):
+        noise.generate_noise({"samples": torch.ones_like(inverted)})

@@ -1,0 +1,127 @@
+"""One-Shot Tune on the tiny random SD1.5 checkpoint and real clips."""
+import numpy as np
+import pytest
+import torch
+
+FRAMES = 4
+PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
+
+
+@pytest.fixture(scope="module")
+def clip_inputs(sd15, core, real_clip):
+    """(source-prompt conditioning, LATENT) of 4 frames of man-skiing at 64x64."""
+    _, clip, vae = sd15
+    with torch.inference_mode():
+        images, _ = core.video.read_clip(str(real_clip), FRAMES, 0, 2, 64, 64, "center crop")
+        latents = vae.encode(torch.from_numpy(images))
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
+    return positive, {"samples": latents}
+
+
+def tune(core, model, clip_inputs, **overrides):
+    settings = core.tuning.TuneSettings(**{"steps": 3, "learning_rate": 1e-3, **overrides})
+    positive, latent = clip_inputs
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        return core.tuning.tune(model, positive, latent, settings)
+
+
+def unet_and_temporal_weights(core, patcher):
+    names = [core.tuned.UNET_PREFIX + k for k in patcher.model.diffusion_model.state_dict()]
+    return core.tuned.effective_weights(patcher, names + core.tuned.temporal_names(patcher))
+
+
+def test_loss_goes_down_on_a_real_clip(sd15, core, clip_inputs, artifacts_dir):
+    result = tune(core, core.inflate.inflate(sd15[0]), clip_inputs, steps=30, learning_rate=2e-3)
+    losses = result.losses
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    curve = core.plot.loss_curve_image(losses)
+    from PIL import Image
+    Image.fromarray((curve * 255).astype("uint8")).save(artifacts_dir / "loss.png")
+    assert last < 0.6 * first, f"mean loss of the first 8 steps {first:.4f}, of the last 8 {last:.4f}"
+
+
+def test_checkpointing_trains_every_chosen_tensor_and_nothing_else(sd15, core, clip_inputs):
+    base = sd15[0]
+    inflated = core.inflate.inflate(base, seed=0)
+    base_before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    before = unet_and_temporal_weights(core, inflated)
+    result = tune(core, inflated, clip_inputs, gradient_checkpointing=True)
+    after = unet_and_temporal_weights(core, result.model)
+    chosen = set(core.tuning.trainable_names(inflated, PAPER))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == chosen
+    for level in ("input_blocks", "middle_block", "output_blocks"):
+        assert any(f".{level}." in k for k in changed), f"nothing in {level} trained"
+    assert all(torch.equal(base_before[k], v) for k, v in base.model.state_dict().items())
+    assert unet_and_temporal_weights(core, inflated).keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in unet_and_temporal_weights(core, inflated).items())
+
+
+def test_checkpointing_gives_the_same_weights_as_plain_backward(sd15, core, clip_inputs):
+    inflated = core.inflate.inflate(sd15[0], seed=0)
+    names = core.tuning.trainable_names(inflated, PAPER)
+    plain = core.tuned.effective_weights(tune(core, inflated, clip_inputs, gradient_checkpointing=False).model,
+                                         names)
+    checkpointed = core.tuned.effective_weights(
+        tune(core, inflated, clip_inputs, gradient_checkpointing=True).model, names)
+    for name in names:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_same_seed_same_weights(sd15, core, clip_inputs):
+    inflated = core.inflate.inflate(sd15[0], seed=0)
+    names = core.tuning.trainable_names(inflated, PAPER)
+    runs = [core.tuned.effective_weights(tune(core, inflated, clip_inputs, seed=seed).model, names)
+            for seed in (7, 7, 8)]
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in names)
+    assert any(not torch.equal(runs[0][n], runs[2][n]) for n in names)
+
+
+@pytest.mark.parametrize("preset", ["temporal only (attn_temp)", "paper + attn1.to_k, attn1.to_v",
+                                    "paper, LoRA rank 16 (small files)"])
+def test_other_presets_train_their_tensors(sd15, core, clip_inputs, preset):
+    inflated = core.inflate.inflate(sd15[0], seed=0)
+    names = core.tuning.trainable_names(inflated, preset)
+    before = core.tuned.effective_weights(inflated, names)
+    after = core.tuned.effective_weights(tune(core, inflated, clip_inputs, trainable=preset).model, names)
+    assert all(not torch.equal(before[n], after[n]) for n in names)
+    if "LoRA" in preset:
+        matrix = next(n for n in names if n.endswith("attn1.to_q.weight"))
+        rank = torch.linalg.matrix_rank(after[matrix] - before[matrix])
+        assert rank <= core.tuning.LORA_RANK
+
+
+def test_the_cache_skips_tuning_and_gives_the_same_weights(sd15, core, clip_inputs, tmp_path):
+    inflated = core.inflate.inflate(sd15[0], seed=0)
+    names = core.tuning.trainable_names(inflated, PAPER)
+    positive, latent = clip_inputs
+    settings = core.tuning.TuneSettings(steps=2, learning_rate=1e-3)
+    steps = []
+    with torch.inference_mode():
+        first = core.tuning.tune(inflated, positive, latent, settings, lambda *a: steps.append(a), str(tmp_path))
+        trained_steps = len(steps)
+        second = core.tuning.tune(inflated, positive, latent, settings, lambda *a: steps.append(a), str(tmp_path))
+        assert len(steps) == trained_steps == 2, "a cache hit must not train"
+        other = core.tuning.TuneSettings(steps=2, learning_rate=2e-3)
+        core.tuning.tune(inflated, positive, latent, other, lambda *a: steps.append(a), str(tmp_path))
+    assert len(steps) == 4, "other settings must miss the cache"
+    a, b = (core.tuned.effective_weights(r.model, names) for r in (first, second))
+    assert all(torch.equal(a[n], b[n]) for n in names)
+    assert first.losses == second.losses
+
+
+@pytest.mark.parametrize("latents, expected", [
+    (torch.zeros(1, 4, 8, 8), "F >= 2"),
+    (torch.zeros(4, 16, 8, 8), "channels"),
+    (torch.zeros(4, 4, 7, 8), "multiple"),
+])
+def test_bad_latents_get_clear_errors(sd15, core, clip_inputs, latents, expected):
+    with pytest.raises(core.tuning.TuneError, match=expected):
+        tune(core, sd15[0], (clip_inputs[0], {"samples": latents}))
+
+
+def test_conditioning_from_another_clip_width_is_refused(sd15, core, clip_inputs):
+    wide = [[torch.zeros(1, 77, 1280), {}]]
+    with pytest.raises(core.tuning.TuneError, match="1280"):
+        tune(core, sd15[0], (wide, clip_inputs[1]))
