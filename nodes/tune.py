@@ -5,7 +5,7 @@ import folder_paths
 import torch
 from PIL import Image
 from comfy.utils import ProgressBar
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..tav_core import inflate, plot, tuning
 
@@ -94,7 +94,7 @@ class OneShotTune(io.ComfyNode):
         except (tuning.TuneError, inflate.InflateError) as e:
             raise ValueError(PREFIX + str(e)) from e
         curve = torch.from_numpy(plot.loss_curve_image(result.losses))[None]
-        return io.NodeOutput(result.model, curve)
+        return io.NodeOutput(result.model, curve, ui=ui.PreviewImage(curve, cls=cls))
 
 
 NODES = [OneShotTune]

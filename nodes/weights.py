@@ -63,12 +63,15 @@ class SaveTuned(io.ComfyNode):
                 io.String.Input("filename_prefix", default=f"{FOLDER}/tuned",
                                 tooltip="File name prefix, relative to ComfyUI's output folder; files always go "
                                         f"under output/{FOLDER}/ and get a counter: tuned_00001_.safetensors."),
+                io.String.Input("source_prompt", default="", multiline=True, optional=True,
+                                tooltip="The clip's source prompt used for tuning, e.g. \"a man is skiing\"; "
+                                        "stored in the file's metadata so whoever loads it knows what it shows."),
             ],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, model, filename_prefix) -> io.NodeOutput:
+    def execute(cls, model, filename_prefix, source_prompt="") -> io.NodeOutput:
         # Saved relative to output/tuneavideo whatever the prefix, so Load Tuned Weights always lists it.
         base = os.path.abspath(os.path.join(folder_paths.get_output_directory(), FOLDER))
         prefix = os.path.normpath(filename_prefix)
@@ -81,7 +84,7 @@ class SaveTuned(io.ComfyNode):
                              "use a plain name such as tuneavideo/tuned.") from e
         path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
         try:
-            tuned_files.save_tuned(model, path)
+            tuned_files.save_tuned(model, path, {"source_prompt": source_prompt} if source_prompt else None)
         except ValueError as e:
             raise ValueError(SAVE_PREFIX + str(e)) from e
         return io.NodeOutput(ui=ui.PreviewText(os.path.relpath(path, base)))

@@ -153,7 +153,7 @@ def write_sd15_controlnet(path, seed: int = 0) -> Path:
         **{k: v for k, v in unet_config.items() if k != "out_channels"}, hint_channels=3,
         dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init)
     # A stream of its own, apart from every checkpoint seed's UNet, CLIP and VAE streams.
-    weights = _initialised_weights(control, torch.Generator().manual_seed(_CONTROLNET_STREAM + seed))
+    weights = initialised_weights(control, torch.Generator().manual_seed(_CONTROLNET_STREAM + seed))
     _save_atomically({f"control_model.{k}": v for k, v in weights.items()}, path,
                      {"format": "pt", "generator": f"tav_core.testing.checkpoints {generator_tag()}"})
     return path
@@ -208,7 +208,7 @@ def _unet_weights(comfy, model_config, seed: int) -> dict:
     unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(
         **model_config.unet_config, dtype=torch.float32, device="cpu",
         operations=comfy.ops.disable_weight_init)
-    return _initialised_weights(unet, _generator(seed, 0))
+    return initialised_weights(unet, _generator(seed, 0))
 
 
 def _clip_weights(comfy, seed: int) -> dict:
@@ -217,11 +217,11 @@ def _clip_weights(comfy, seed: int) -> dict:
     clip = comfy.sd1_clip.SD1ClipModel(
         device="cpu", dtype=torch.float32,
         model_options={"custom_operations": comfy.ops.disable_weight_init})
-    return _initialised_weights(clip, _generator(seed, 1))
+    return initialised_weights(clip, _generator(seed, 1))
 
 
 def _vae_weights(comfy, seed: int) -> dict:
-    return _initialised_weights(comfy.taesd.taesd.TAESD(), _generator(seed, 2))
+    return initialised_weights(comfy.taesd.taesd.TAESD(), _generator(seed, 2))
 
 
 def _generator(seed: int, part: int) -> torch.Generator:
@@ -229,7 +229,7 @@ def _generator(seed: int, part: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 3 + part)
 
 
-def _initialised_weights(module: torch.nn.Module, generator: torch.Generator) -> dict:
+def initialised_weights(module: torch.nn.Module, generator: torch.Generator) -> dict:
     """Initialise every parameter as PyTorch's default reset_parameters would; return a state dict."""
     done = set()
     with torch.no_grad():

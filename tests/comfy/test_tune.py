@@ -125,3 +125,21 @@ def test_conditioning_from_another_clip_width_is_refused(sd15, core, clip_inputs
     wide = [[torch.zeros(1, 77, 1280), {}]]
     with pytest.raises(core.tuning.TuneError, match="1280"):
         tune(core, sd15[0], (wide, clip_inputs[1]))
+
+
+def test_save_tuned_writes_every_tuned_tensor_under_official_names(sd15, core, clip_inputs, tmp_path):
+    inflated = core.inflate.inflate(sd15[0], seed=0)
+    result = tune(core, inflated, clip_inputs)
+    path = tmp_path / "tuned.safetensors"
+    core.weights.save_tuned(result.model, path, {"source_prompt": "a man is skiing"})
+    import safetensors
+
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        keys, metadata = set(f.keys()), f.metadata()
+    to_ours = core.weights.official_to_comfy(inflated.model.model_config.unet_config)
+    trained = set(core.tuning.trainable_names(inflated, PAPER))
+    temporal = set(core.tuned.temporal_names(inflated))
+    assert {to_ours[k] for k in keys} == trained | temporal
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight" in keys
+    assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q.weight" in keys
+    assert metadata["source_prompt"] == "a man is skiing" and metadata["frames"] == str(FRAMES)
