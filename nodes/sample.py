@@ -34,7 +34,8 @@ class DDIMInvert(io.ComfyNode):
                         "started from this latent reproduces the clip's structure under a new prompt.",
             inputs=[
                 io.Model.Input("model", tooltip="The (tuned, inflated) model; the same one Video Sample uses."),
-                io.Latent.Input("latent", tooltip="The clip's latents, one frame per batch entry (VAE Encode of the frames)."),
+                io.Latent.Input("latent",
+                                tooltip="The clip's latents, one frame per batch entry (VAE Encode of the frames)."),
                 io.Conditioning.Input("conditioning",
                                       tooltip="Prompt the inversion is guided by. The paper inverts with no text: "
                                               "wire a CLIP Text Encode of the empty prompt."),
@@ -45,8 +46,9 @@ class DDIMInvert(io.ComfyNode):
                                  tooltip="The inverted latent (noisy, ComfyUI's convention), marked as an inversion "
                                          "so that Video Sample starts from it without adding noise."),
                 io.Noise.Output(display_name="NOISE",
-                                tooltip="The inversion as a NOISE for SamplerCustomAdvanced: use it with an empty latent "
-                                        "of the clip's size and BasicScheduler 'ddim_uniform' with the same steps."),
+                                tooltip="The inversion as a NOISE for SamplerCustomAdvanced: use it with an empty "
+                                        "latent of the clip's size and BasicScheduler 'ddim_uniform' with the same "
+                                        "steps."),
             ],
         )
 
@@ -81,8 +83,8 @@ class VideoSample(io.ComfyNode):
                 io.Model.Input("model", tooltip="The tuned, inflated model."),
                 io.Conditioning.Input("positive", tooltip="The edited prompt."),
                 io.Conditioning.Input("negative", tooltip="Unconditional prompt (the paper: empty prompt)."),
-                io.Latent.Input("latent", tooltip="DDIM Invert's latent, or any latent whose batch size is the frame count "
-                                                  "(e.g. an empty latent) to start from noise."),
+                io.Latent.Input("latent", tooltip="DDIM Invert's latent, or any latent whose batch size is the frame "
+                                                  "count (e.g. an empty latent) to start from noise."),
                 io.Int.Input("steps", default=50, min=1, max=999, tooltip=STEPS_TOOLTIP),
                 io.Float.Input("cfg", default=12.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (the paper: 12.5)."),

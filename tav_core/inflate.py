@@ -170,7 +170,10 @@ def _video_norm_hook(norm, args, output):
     if frames is None or frames == 1:
         return output  # one frame: video-wide statistics are the frame's own
     x = args[0]
-    if getattr(norm, "comfy_cast_weights", False):  # offloaded or patched weights (lowvram, LoRA)
+    # The weights as ComfyUI's own forward would use them: cast, offloaded (lowvram) or rebuilt by
+    # weight wrappers (tuning), under the same condition as comfy.ops.
+    if getattr(norm, "comfy_cast_weights", False) or getattr(norm, "weight_function", None) \
+            or getattr(norm, "bias_function", None):
         weight, bias = comfy.ops.cast_bias_weight(norm, x)
     else:
         weight, bias = norm.weight, norm.bias

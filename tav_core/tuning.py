@@ -188,7 +188,7 @@ class _TrainingLoop(comfy.samplers.Sampler):
             comfy.model_management.throw_exception_if_processing_interrupted()
             t = int(torch.randint(0, len(model_sampling.sigmas), (1,), generator=generator))
             eps = torch.randn(x0.shape, generator=generator).to(device)
-            sigma = model_sampling.sigmas[t].to(device).expand(x0.shape[0])
+            sigma = model_sampling.sigmas[t].to(device).clone().expand(x0.shape[0])  # not an inference tensor
             x = model_sampling.noise_scaling(sigma, eps, x0)
             with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):

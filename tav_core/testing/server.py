@@ -152,10 +152,19 @@ class ComfyServer:
                 if kind == "execution_interrupted":
                     raise InterruptedError(f"prompt {prompt_id} was interrupted")
                 if kind == "execution_success":
-                    return self.history(prompt_id)
+                    return self._wait_for_history(prompt_id, deadline)
             raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
         finally:
             ws.close()
+
+    def _wait_for_history(self, prompt_id: str, deadline: float) -> dict:
+        # The server announces success a moment before it files the prompt's history.
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry.get("outputs") is not None:
+                return entry
+            time.sleep(0.1)
+        raise TimeoutError(f"prompt {prompt_id} succeeded but its history never appeared")
 
     def output_files(self, history: dict) -> list[Path]:
         """Every file that the prompt's output nodes wrote, as paths under the base directory."""

@@ -43,6 +43,9 @@ def sd15(comfy_nodes, tiny_checkpoint):
     """(MODEL, CLIP, VAE) of the tiny random-weight SD1.5 checkpoint, loaded by ComfyUI's stock loader."""
     import comfy.sd
 
-    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
-        str(tiny_checkpoint), output_vae=True, output_clip=True)
+    import torch
+
+    with torch.inference_mode():  # as ComfyUI's loader node runs: its weights are inference tensors
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            str(tiny_checkpoint), output_vae=True, output_clip=True)
     return model, clip, vae

@@ -1,0 +1,46 @@
+"""One-Shot Tune through a real server: progress with the loss, interrupts, and recovery."""
+import pytest
+
+SERVER_CLIP = "clip.mp4"
+
+
+def tune_prompt(checkpoint: str, steps: int) -> dict:
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "2": {"class_type": "TAVLoadVideo", "inputs": {"video": SERVER_CLIP, "frame_count": 4, "start_frame": 0,
+                                                       "frame_stride": 2, "width": 64, "height": 64,
+                                                       "resize_mode": "center crop"}},
+        "3": {"class_type": "VAEEncode", "inputs": {"pixels": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a ball is rolling", "clip": ["1", 1]}},
+        "5": {"class_type": "TAVOneShotTune", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "latent": ["3", 0], "steps": steps, "learning_rate": 1e-3,
+            "seed": 0, "trainable": "paper (attn1.to_q, attn2.to_q, attn_temp)", "gradient_checkpointing": True,
+            "precision": "auto", "optimizer": "AdamW", "cache": False}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+    }
+
+
+def test_tune_reports_progress_and_loss(server, tiny_checkpoint):
+    messages = []
+    history = server.run(tune_prompt(tiny_checkpoint.name, 3), timeout=300,
+                         on_message=lambda kind, data: messages.append((kind, data)))
+    progress = [d for k, d in messages if k == "progress" and d.get("node") == "5"]
+    assert [p["value"] for p in progress][-1] == 3 and progress[-1]["max"] == 3
+    losses = [d for k, d in messages if k == "tuneavideo.loss"]
+    assert [d["step"] for d in losses] == [1, 2, 3] and all(d["loss"] > 0 for d in losses)
+    assert history["outputs"]["6"]["images"], "the loss curve was not previewed"
+
+
+def test_interrupt_mid_tune_then_a_new_prompt_runs(server, tiny_checkpoint):
+    interrupted = []
+
+    def interrupt_on_first_step(kind, data):
+        if kind == "tuneavideo.loss" and not interrupted:
+            interrupted.append(data["step"])
+            server.interrupt()
+
+    with pytest.raises(InterruptedError):
+        server.run(tune_prompt(tiny_checkpoint.name, 500), timeout=300, on_message=interrupt_on_first_step)
+    assert interrupted and interrupted[0] < 500
+    history = server.run(tune_prompt(tiny_checkpoint.name, 2), timeout=300)
+    assert history["status"]["status_str"] == "success"
