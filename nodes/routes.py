@@ -5,6 +5,7 @@ ComfyUI's input folder, shown under Load Video's preview so that frame_count, st
 frame_stride can be chosen knowing the clip.
 """
 import asyncio
+import sys
 
 import folder_paths
 from aiohttp import web
@@ -31,9 +32,10 @@ async def clip_info(request: web.Request) -> web.Response:
 def register() -> None:
     """Add the routes to ComfyUI's server, once; without a running server (in-process tests) do nothing."""
     global _registered
-    from server import PromptServer  # ComfyUI's server module: only importable inside ComfyUI
-
-    server = getattr(PromptServer, "instance", None)
+    # A running ComfyUI imported its server module before loading custom nodes; in-process use
+    # (tests, scripts) has none, and importing it there would start building one.
+    server_module = sys.modules.get("server")
+    server = getattr(getattr(server_module, "PromptServer", None), "instance", None)
     if _registered or server is None:
         return
     server.routes.get("/tuneavideo/clip_info")(clip_info)

@@ -27,13 +27,15 @@ def frames(core, synthetic_clip):
 
 @pytest.fixture(scope="module")
 def clip_latents(sd15, frames):
-    return sd15[2].encode(frames)  # raw VAE latents [F, 4, 8, 8]
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        return sd15[2].encode(frames)  # raw VAE latents [F, 4, 8, 8]
 
 
 @pytest.fixture(scope="module")
 def prompts(sd15):
     clip = sd15[1]
-    return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car on a road")}
+    with torch.inference_mode():
+        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car on a road")}
 
 
 @pytest.fixture(scope="module")

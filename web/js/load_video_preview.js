@@ -6,9 +6,12 @@ import { api } from "../../../scripts/api.js";
 const NODE_CLASS = "TAVLoadVideo";
 const PREVIEW_HEIGHT = 200; // px of the video area; the info line comes below it
 
-// The combo holds "name", "sub/name" or "name [input]"; /view wants the folder apart from the name.
+// The combo holds "name", "sub/name" or "name [input]" (the upload widget's annotation).
+const plainName = (value) => value.replace(/ \[input\]$/, "");
+
+// /view wants the folder apart from the name.
 function viewURL(value) {
-  const path = value.replace(/ \[input\]$/, "");
+  const path = plainName(value);
   const slash = path.lastIndexOf("/");
   const params = new URLSearchParams({
     filename: path.slice(slash + 1),
@@ -58,14 +61,19 @@ function setText(view, text, isError = false) {
   render(view);
 }
 
-async function showClip(view, value) {
+function clearVideo(view, text) {
+  view.video.removeAttribute("src");
+  view.video.load();
+  setText(view, text, true);
+}
+
+async function showClip(view, value, known) {
   const request = ++view.request; // answers to an earlier choice may arrive late: drop them
   view.undecodable = false;
-  if (!value) {
-    view.video.removeAttribute("src");
-    view.video.load();
-    setText(view, "No video in ComfyUI's input folder: upload one.");
-    return;
+  if (!value) return clearVideo(view, "No video in ComfyUI's input folder: upload one.");
+  // A workflow from elsewhere names clips this server lacks: say so rather than request them.
+  if (!known.map(plainName).includes(plainName(value))) {
+    return clearVideo(view, `${value} is not in ComfyUI's input folder: upload it or pick another clip.`);
   }
   view.video.src = viewURL(value);
   setText(view, "Reading the clip…");
@@ -98,17 +106,26 @@ function attachPreview(node) {
     getMinHeight: () => PREVIEW_HEIGHT + 40,
   });
   widget.serialize = false; // a preview, not an input: never in the workflow or the prompt
+  // The upload widget previews the clip too (controls, no autoplay, nothing at all when the browser
+  // cannot decode it), in node.videoContainer when the node has one: a detached one keeps it off the
+  // node, so that the clip shows once.
+  node.videoContainer = document.createElement("div");
 
   // The upload button replaces the combo's callback when the node is built, and calls it after an
   // upload: chaining it here covers both a choice in the list and an upload.
+  const choices = () => {
+    const values = combo.options.values ?? [];
+    return typeof values === "function" ? values(combo, node) : values;
+  };
+  const show = () => showClip(view, combo.value, choices());
   const callback = combo.callback;
   combo.callback = function (...args) {
     const result = callback?.apply(this, args);
-    showClip(view, combo.value);
+    show();
     return result;
   };
-  refreshers.set(node, () => showClip(view, combo.value));
-  showClip(view, combo.value);
+  refreshers.set(node, show);
+  show();
   fitNode(node);
 }
 

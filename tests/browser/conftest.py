@@ -1,0 +1,62 @@
+"""Headless Chromium on the session's ComfyUI server (level 4), shared by the browser tests."""
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Served from here: web/js and web/docs of the pack, and its routes under /tuneavideo.
+OUR_PATHS = ("ComfyUI-TuneAVideo", "TuneAVideo", "tuneavideo")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (make setup installs it)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """The editor, loaded; `page.our_errors()` lists console errors that involve the pack's files."""
+    # The Templates dialog covers the editor at first start.
+    server.post("/settings", {"Comfy.TutorialCompleted": True})
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    # The frontend reaches for the Comfy web API; nothing may leave this machine.
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
+               else route.abort())
+    page.console_errors = []
+    # Where an error comes from is in its location or stack, not always in its text.
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(
+        f"{m.text} at {m.location.get('url', '')}"))
+    page.on("pageerror", lambda e: page.console_errors.append(f"{e}\n{e.stack}"))
+    page.our_errors = lambda: [e for e in page.console_errors if any(p in e for p in OUR_PATHS)]
+    page.goto(server.url)
+    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph"
+                           " && LiteGraph.registered_node_types['TAVLoadVideo']", timeout=60_000)
+    yield page
+    context.close()
+
+
+def screenshot_node(page, node_id, path):
+    """Screenshot of one node of the graph, title bar included."""
+    box = page.evaluate("""(id) => {
+        const node = app.graph.getNodeById(id);
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        const scale = app.canvas.ds.scale;
+        return {x: rect.left + x - 10, y: rect.top + y - 10,
+                width: node.size[0] * scale + 20, height: (node.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * scale + 20};
+    }""", node_id)
+    page.screenshot(path=str(path), clip=box)
+
+
+@pytest.fixture
+def shoot_node(page):
+    return lambda node_id, path: screenshot_node(page, node_id, path)
