@@ -42,7 +42,7 @@ class OneShotTune(io.ComfyNode):
                              tooltip="Optimiser steps; the paper uses 500."),
                 io.Float.Input("learning_rate", default=defaults.learning_rate, min=1e-7, max=1e-1,
                                step=1e-6, round=False, tooltip="AdamW learning rate; the paper uses 3e-5."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the training noise and timesteps: the same seed on the same "
                                      "device gives the same tuned weights."),
                 io.Combo.Input("trainable", options=list(tuning.PRESETS), default=defaults.trainable,

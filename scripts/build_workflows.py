@@ -64,6 +64,12 @@ def is_widget(kind: str, options: dict) -> bool:
     return kind in WIDGET_TYPES and not options.get("forceInput", False)
 
 
+def has_control_widget(name: str, options: dict) -> bool:
+    """The frontend adds "control after generate" when asked, and by default to seed inputs."""
+    control = options.get("control_after_generate")
+    return bool(control) or (control is None and name in ("seed", "noise_seed"))
+
+
 def ui_workflow(comfy_nodes, wf: Workflow) -> dict:
     links, ui_nodes = [], []
     out_links: dict[tuple[int, int], list[int]] = {}
@@ -87,7 +93,7 @@ def ui_workflow(comfy_nodes, wf: Workflow) -> dict:
                     raise ValueError(f"{wf.name}: {node.type}.{name} needs a value")
                 value = node.widgets.get(name, options.get("default"))
                 widgets_values.append(value)
-                if options.get("control_after_generate"):
+                if has_control_widget(name, options):
                     widgets_values.append("fixed")
             elif name in node.widgets:
                 raise ValueError(f"{wf.name}: {node.type}.{name} is a socket, not a widget")
@@ -129,28 +135,139 @@ def api_workflow(comfy_nodes, wf: Workflow) -> dict:
     return prompt
 
 
+SOURCE_PROMPT = "a man is skiing"
+EDIT_PROMPT = "Spider-Man is skiing on the beach, cartoon style"
+TUNE = {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "paper (attn1.to_q, attn2.to_q, attn_temp)",
+        "gradient_checkpointing": True, "precision": "auto", "optimizer": "AdamW", "cache": False}
+SAMPLE = {"steps": 50, "cfg": 12.5, "seed": 33, "eta": 0.0}
+CLIP = {"video": DEMO_CLIP, "frame_count": 24, "start_frame": 0, "frame_stride": 2, "width": 512, "height": 512,
+        "resize_mode": "center crop"}
+
+
+def prompt(id, pos, text, clip=(1, 1)):
+    return Node(id, "CLIPTextEncode", pos, {"text": text}, {"clip": clip})
+
+
+def save_video(id, pos, images, fps, prefix):
+    """VAE-decoded frames -> CreateVideo -> SaveVideo (h264 mp4)."""
+    return [Node(id, "CreateVideo", pos, links={"images": images, "fps": fps}),
+            Node(id + 1, "SaveVideo", (pos[0] + 320, pos[1]),
+                 {"filename_prefix": prefix, "format": "mp4", "codec": "h264"}, {"video": (id, 0)})]
+
+
+def clip_and_tuning(model=(1, 0)) -> list[Node]:
+    """Checkpoint, clip, its latents, Inflate, One-Shot Tune with the source prompt (nodes 1-6)."""
+    return [
+        Node(1, "CheckpointLoaderSimple", (0, 0), {"ckpt_name": DEMO_CHECKPOINT}),
+        Node(2, "TAVLoadVideo", (0, 260), dict(CLIP)),
+        Node(3, "VAEEncode", (340, 260), links={"pixels": (2, 0), "vae": (1, 2)}),
+        Node(4, "TAVInflateModel", (340, 0), {"seed": 0, "video_wide_groupnorm": True}, {"model": model}),
+        prompt(5, (340, 120), SOURCE_PROMPT),
+        Node(6, "TAVOneShotTune", (680, 0), dict(TUNE), {"model": (4, 0), "positive": (5, 0), "latent": (3, 0)}),
+    ]
+
+
+def inversion(model=(6, 0), latent=(3, 0)) -> list[Node]:
+    """The empty prompt, and DDIM Invert of the clip under it (nodes 7-8)."""
+    return [prompt(7, (680, 400), ""),
+            Node(8, "TAVDDIMInvert", (1020, 260), {"steps": 50},
+                 {"model": model, "latent": latent, "conditioning": (7, 0)})]
+
+
+def edit(id, pos, model, positive, negative, latent, prefix) -> list[Node]:
+    """Video Sample -> VAE Decode -> video file (ids id..id+3)."""
+    return [Node(id, "TAVVideoSample", pos, dict(SAMPLE),
+                 {"model": model, "positive": positive, "negative": negative, "latent": latent}),
+            Node(id + 1, "VAEDecode", (pos[0] + 340, pos[1]), links={"samples": (id, 0), "vae": (1, 2)}),
+            *save_video(id + 2, (pos[0] + 680, pos[1]), (id + 1, 0), (2, 2), prefix)]
+
+
 def tune_a_video() -> Workflow:
     return Workflow(
         name="tune-a-video",
-        note=("**Tune-A-Video, the paper's pipeline.** Load a clip, encode it, inflate the model, "
-              "tune it on the clip with its source prompt, invert the clip with the empty prompt, "
-              "then sample the edited prompt from the inverted noise. Paper defaults: 24 frames at "
-              "512x512 (every 2nd frame), 500 tuning steps at lr 3e-5, 50 DDIM steps, cfg 12.5."),
-        nodes=[
-            Node(1, "CheckpointLoaderSimple", (0, 0), {"ckpt_name": DEMO_CHECKPOINT}),
-            Node(2, "TAVLoadVideo", (0, 200), {"video": DEMO_CLIP, "frame_count": 24, "start_frame": 0,
-                                               "frame_stride": 2, "width": 512, "height": 512,
-                                               "resize_mode": "center crop"}),
-            Node(3, "VAEEncode", (350, 200), links={"pixels": (2, 0), "vae": (1, 2)}),
-            Node(4, "VAEDecode", (700, 200), links={"samples": (3, 0), "vae": (1, 2)}),
-            Node(5, "CreateVideo", (1000, 200), links={"images": (4, 0), "fps": (2, 2)}),
-            Node(6, "SaveVideo", (1300, 200), {"filename_prefix": "tuneavideo/edit", "format": "mp4",
-                                               "codec": "h264"}, links={"video": (5, 0)}),
-        ],
+        note=("**Tune-A-Video, the paper's pipeline.** Load a clip, encode it, inflate the model, tune it on "
+              "the clip with its source prompt, invert the clip with the empty prompt, then sample the edited "
+              "prompt from the inverted noise. Paper defaults: 24 frames at 512x512 (every 2nd frame), 500 "
+              "tuning steps at lr 3e-5, 50 DDIM steps, cfg 12.5. Save Tuned Weights keeps the tuning for reuse."),
+        nodes=[*clip_and_tuning(), *inversion(), prompt(9, (1020, 0), EDIT_PROMPT),
+               *edit(10, (1360, 0), (6, 0), (9, 0), (7, 0), (8, 0), "tuneavideo/edit"),
+               Node(14, "TAVSaveTuned", (1020, 520), {"filename_prefix": "tuneavideo/man-skiing",
+                                                     "source_prompt": SOURCE_PROMPT}, {"model": (6, 0)})],
     )
 
 
-WORKFLOWS = [tune_a_video]
+def reuse_tuned() -> Workflow:
+    edits = ["Spider-Man is skiing on the beach, cartoon style", "a cat is skiing, Van Gogh style",
+             "Wonder Woman, wearing a cowboy hat, is skiing"]
+    nodes = [Node(1, "CheckpointLoaderSimple", (0, 0), {"ckpt_name": DEMO_CHECKPOINT}),
+             Node(2, "TAVLoadVideo", (0, 260), dict(CLIP)),
+             Node(3, "VAEEncode", (340, 260), links={"pixels": (2, 0), "vae": (1, 2)}),
+             Node(6, "TAVLoadTuned", (340, 0), {"weights": "man-skiing_00001_.safetensors"}, {"model": (1, 0)}),
+             *inversion()]
+    for i, text in enumerate(edits):
+        base = 20 + 10 * i
+        nodes += [prompt(base, (1020, 420 * i), text),
+                  *edit(base + 1, (1360, 420 * i), (6, 0), (base, 0), (7, 0), (8, 0), f"tuneavideo/edit-{i + 1}")]
+    return Workflow(
+        name="reuse-tuned-weights",
+        note=("**Reuse a tuning.** Load Tuned Weights puts a saved tuning (ours, or an official Tune-A-Video "
+              "UNet) on the base model; the clip is inverted once and edited with several prompts, with no "
+              "re-tuning. Put the file in models/tuneavideo or output/tuneavideo."),
+        nodes=nodes,
+    )
+
+
+def controlnet_pose() -> Workflow:
+    return Workflow(
+        name="controlnet-pose",
+        note=("**Controllable generation (the paper's pose example).** The tuned model samples the edit under "
+              "a ControlNet whose hints are a batch of frames, one per video frame: here the pose clip loaded "
+              "with a second Load Video (use pose images, e.g. from an OpenPose preprocessor, with an OpenPose "
+              "ControlNet). Core ControlNet nodes; the hints must have the clip's frame count."),
+        nodes=[*clip_and_tuning(), *inversion(), prompt(9, (1020, 0), "Iron Man is skiing"),
+               Node(30, "ControlNetLoader", (680, 700), {"control_net_name": "control_v11p_sd15_openpose.pth"}),
+               Node(31, "TAVLoadVideo", (340, 700), {**CLIP, "video": "pose-clip.mp4"}),
+               Node(32, "ControlNetApplyAdvanced", (1020, 700),
+                    {"strength": 1.0, "start_percent": 0.0, "end_percent": 1.0},
+                    {"positive": (9, 0), "negative": (7, 0), "control_net": (30, 0), "image": (31, 0),
+                     "vae": (1, 2)}),
+               *edit(10, (1360, 0), (6, 0), (32, 0), (32, 1), (8, 0), "tuneavideo/controlnet")],
+    )
+
+
+def personalised() -> Workflow:
+    nodes = clip_and_tuning(model=(40, 0))
+    nodes.insert(1, Node(40, "LoraLoader", (0, -220), {"lora_name": "my-style.safetensors",
+                                                       "strength_model": 0.8, "strength_clip": 0.8},
+                         {"model": (1, 0), "clip": (1, 1)}))
+    for node in nodes:  # prompts through the LoRA's CLIP
+        if node.type == "CLIPTextEncode":
+            node.links["clip"] = (40, 1)
+    inv = inversion()
+    inv[0].links["clip"] = (40, 1)
+    return Workflow(
+        name="personalised-lora",
+        note=("**Personalised.** A LoRA (or a DreamBooth checkpoint in the loader) under the tuned model: "
+              "tune and sample with the personalised model, so the edit takes its subject or style. The LoRA "
+              "stays a patch under the tuning; nothing is merged."),
+        nodes=[*nodes, *inv, prompt(9, (1020, 0), "a sks dog is skiing", clip=(40, 1)),
+               *edit(10, (1360, 0), (6, 0), (9, 0), (7, 0), (8, 0), "tuneavideo/personalised")],
+    )
+
+
+def text_to_video_ablation() -> Workflow:
+    return Workflow(
+        name="text-to-video-from-noise",
+        note=("**The ablation: no inversion.** The tuned model samples the edit from seeded random noise (an "
+              "empty latent with the clip's frame count) instead of the inverted clip, as in the paper's "
+              "ablation: the motion is looser without the inversion's structure."),
+        nodes=[*clip_and_tuning(), prompt(7, (680, 400), ""), prompt(9, (1020, 0), EDIT_PROMPT),
+               Node(50, "EmptyLatentImage", (1020, 260), {"width": 512, "height": 512, "batch_size": 24}),
+               *edit(10, (1360, 0), (6, 0), (9, 0), (7, 0), (50, 0), "tuneavideo/from-noise")],
+    )
+
+
+WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation]
 
 
 def main() -> None:

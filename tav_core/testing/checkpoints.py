@@ -260,3 +260,25 @@ def _init_layer(layer: torch.nn.Module, generator: torch.Generator) -> bool:
     else:
         return False
     return True
+
+
+# A kohya-style LoRA for the tiny UNet: attention projections in down and mid blocks,
+# (out_features, in_features) each.
+TINY_LORA_TARGETS = {
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k": (320, 768),
+    "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v": (320, 768),
+    "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_k": (640, 640),
+}
+
+
+def write_sd15_lora(path, seed: int = 0, rank: int = 4) -> Path:
+    """A random LoRA for the tiny checkpoint, in the `lora_unet_...` format that LoraLoader reads."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, (out_features, in_features) in TINY_LORA_TARGETS.items():
+        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=g) / in_features ** 0.5
+        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=g)
+        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
+    path = Path(path)
+    _save_atomically(tensors, path, {"format": "pt"})
+    return path

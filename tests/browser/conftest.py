@@ -44,19 +44,18 @@ def page(browser, server):
     context.close()
 
 
-def screenshot_node(page, node_id, path):
-    """Screenshot of one node of the graph, title bar included."""
-    box = page.evaluate("""(id) => {
-        const node = app.graph.getNodeById(id);
-        const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
-        const rect = app.canvas.canvas.getBoundingClientRect();
-        const scale = app.canvas.ds.scale;
-        return {x: rect.left + x - 10, y: rect.top + y - 10,
-                width: node.size[0] * scale + 20, height: (node.size[1] + LiteGraph.NODE_TITLE_HEIGHT) * scale + 20};
-    }""", node_id)
-    page.screenshot(path=str(path), clip=box)
-
-
 @pytest.fixture
 def shoot_node(page):
-    return lambda node_id, path: screenshot_node(page, node_id, path)
+    """shoot_node(node_id, path): a screenshot of one node of the graph, title bar included."""
+    def shoot(node_id, path):
+        box = page.evaluate("""(id) => {
+            const node = app.graph.getNodeById(id);
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+            const rect = app.canvas.canvas.getBoundingClientRect();
+            const scale = app.canvas.ds.scale;
+            return {x: rect.left + x - 10, y: rect.top + y - 10,
+                    width: node.size[0] * scale + 20, height: (node.size[1] + title) * scale + 20};
+        }""", node_id)
+        page.screenshot(path=str(path), clip=box)
+    return shoot

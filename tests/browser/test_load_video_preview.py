@@ -10,7 +10,7 @@ SERVER_CLIP = "clip.mp4"  # copied into the server's input folder by tests/conft
 ADD_LOAD_VIDEO = """() => {
     app.graph.clear();
     const node = LiteGraph.createNode("TAVLoadVideo");
-    node.pos = [120, 120];
+    node.pos = [320, 220];
     app.graph.add(node);
     return node.id;
 }"""

@@ -3,7 +3,6 @@
 The naive loop is tav_core.schedule's reference DDIM (diffusers' float32 alphas) with the UNet called
 directly at integer timesteps and classifier-free guidance done by hand, as the official code does.
 """
-import math
 
 import pytest
 import torch
@@ -223,30 +222,6 @@ def test_controlnet_in_the_conditioning_steers_the_inflated_model(core, inflated
     assert relative_error(controlled, plain_video) > 1e-3
 
 
-def write_random_lora(path, model, seed=0, rank=4):
-    """A kohya-style LoRA (`lora_unet_...` names) on some attention to_k/to_v projections."""
-    import comfy.lora
-    from safetensors.torch import save_file
-
-    down, mid = "down_blocks_0_attentions_0_transformer_blocks_0", "mid_block_attentions_0_transformer_blocks_0"
-    targets = {
-        f"lora_unet_{down}_attn2_to_k": "input_blocks.1.1.transformer_blocks.0.attn2.to_k",
-        f"lora_unet_{down}_attn2_to_v": "input_blocks.1.1.transformer_blocks.0.attn2.to_v",
-        f"lora_unet_{mid}_attn1_to_k": "middle_block.1.transformer_blocks.0.attn1.to_k",
-    }
-    known = comfy.lora.model_lora_keys_unet(model.model, {})
-    assert all(name in known for name in targets), "ComfyUI does not map these LoRA names"
-    g = torch.Generator().manual_seed(seed)
-    weights = model.model.diffusion_model.state_dict()
-    tensors = {}
-    for name, module in targets.items():
-        out_features, in_features = weights[f"{module}.weight"].shape
-        tensors[f"{name}.lora_down.weight"] = torch.randn(rank, in_features, generator=g) / math.sqrt(in_features)
-        tensors[f"{name}.lora_up.weight"] = torch.randn(out_features, rank, generator=g)
-        tensors[f"{name}.alpha"] = torch.tensor(float(rank))
-    save_file(tensors, str(path))
-
-
 @pytest.fixture
 def lora_dir(tmp_path):
     import folder_paths
@@ -259,7 +234,12 @@ def lora_dir(tmp_path):
 def test_lora_on_the_inflated_model_changes_the_video(core, inflated, sd15, prompts, lora_dir, plain_video):
     import nodes
 
-    write_random_lora(lora_dir / "random.safetensors", inflated)
+    import comfy.lora
+
+    from tav_core.testing.checkpoints import TINY_LORA_TARGETS, write_sd15_lora
+
+    assert set(TINY_LORA_TARGETS) <= set(comfy.lora.model_lora_keys_unet(inflated.model, {}))
+    write_sd15_lora(lora_dir / "random.safetensors")
     loader = nodes.NODE_CLASS_MAPPINGS["LoraLoader"]()
     lora_model, _ = loader.load_lora(inflated, sd15[1], "random.safetensors", 1.0, 0.0)
     assert core.inflate.is_inflated(lora_model)
