@@ -3,7 +3,6 @@ import os
 
 import folder_paths
 import torch
-from PIL import Image
 from comfy.utils import ProgressBar
 from comfy_api.latest import io, ui
 
@@ -62,8 +61,8 @@ class OneShotTune(io.ComfyNode):
                                          "model, latents, prompt and settings: re-running skips the tuning."),
             ],
             outputs=[
-                io.Model.Output(tooltip="The tuned model, for DDIM Invert, Video Sample or Save Tuned Weights."),
-                io.Image.Output("loss_curve", tooltip="The training loss per step."),
+                io.Model.Output(display_name="MODEL", tooltip="The tuned model, for DDIM Invert, Video Sample or Save Tuned Weights."),
+                io.Image.Output("loss_curve", display_name="loss_curve", tooltip="The training loss per step."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -76,17 +75,10 @@ class OneShotTune(io.ComfyNode):
                                        optimizer=optimizer)
         progress = ProgressBar(steps)
         node_id = cls.hidden.unique_id
-        losses = []
-        preview_every = max(1, steps // 50)
 
         def on_step(step, total, loss):
-            losses.append(loss)
-            preview = None
-            if step % preview_every == 0 or step == total:  # the curve so far, as the node's preview
-                image = Image.fromarray((plot.loss_curve_image(losses) * 255).astype("uint8"))
-                preview = ("JPEG", image, 640)
-            progress.update_absolute(step, total, preview)
-            _send_loss(node_id, step, total, loss)
+            progress.update_absolute(step, total)
+            _send_loss(node_id, step, total, loss)  # web/js/loss_curve.js draws it live
 
         cache_dir = os.path.join(folder_paths.models_dir, "tuneavideo", "cache") if cache else None
         try:

@@ -98,7 +98,8 @@ def ui_workflow(comfy_nodes, wf: Workflow) -> dict:
             elif name in node.widgets:
                 raise ValueError(f"{wf.name}: {node.type}.{name} is a socket, not a widget")
         ui_nodes.append({
-            "id": node.id, "type": node.type, "pos": list(node.pos), "size": [300, 120],
+            "id": node.id, "type": node.type, "pos": [node.pos[0] * 1.2, node.pos[1] * 1.6],
+            "size": [320, 40 + 26 * max(len(inputs) + len(widgets_values), len(info["output"]))],
             "flags": {}, "order": order, "mode": 0,
             "inputs": inputs,
             "outputs": [{"name": name, "type": kind, "slot_index": slot, "links": []}

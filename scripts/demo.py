@@ -25,8 +25,8 @@ WORKFLOW = ROOT / "example_workflows" / "api" / "tune-a-video.json"
 DEMO_CLIP = "tav-demo-clip.mp4"
 # CPU-sized settings; on a GPU use the workflow's paper defaults.
 DEMO_SETTINGS = {"frame_count": 8, "width": 128, "height": 128}
-DEMO_STEPS = {"TAVOneShotTune": {"steps": 30, "learning_rate": 3e-5},
-              "TAVDDIMInvert": {"steps": 20}, "TAVVideoSample": {"steps": 20}}
+DEMO_STEPS = {"TAVOneShotTune": {"steps": 20, "learning_rate": 3e-5},
+              "TAVDDIMInvert": {"steps": 10}, "TAVVideoSample": {"steps": 10}}
 
 
 def real_checkpoint() -> Path | None:

@@ -33,4 +33,8 @@ def test_example_workflow_loads_and_matches_its_api_twin(page, workflow, artifac
     twin = json.loads((workflow.parent / "api" / workflow.name).read_text())
     strip = lambda prompt: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
     assert strip(api) == strip(twin)
+    # The pack's previews (video, loss curve) are displays: neither the workflow nor the prompt holds them.
+    stored = page.evaluate("""() => app.graph._nodes.flatMap(n => (n.widgets ?? [])
+        .filter(w => w.name.startsWith("tav_") && w.serialize !== false).map(w => `${n.type}.${w.name}`))""")
+    assert stored == []
     assert page.our_errors() == []

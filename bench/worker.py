@@ -1,0 +1,509 @@
+"""One benchmark configuration per process (so peak-memory numbers belong to that configuration).
+
+Run by bench/run.py as `python bench/worker.py '<json spec>'`; prints one JSON line prefixed with
+RESULT: on stdout. Never a test. Nothing here changes tav_core: alternative code paths (naive
+attention, weights converted once, single GroupNorm) are bench-only patches on model clones.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CFG = 7.5
+
+
+# ----------------------------------------------------------------------------------------- setup
+def load_comfy():
+    """ComfyUI with the pack loaded by its own loader; CPU only when there is no CUDA device.
+
+    (tav_core.testing.comfy_inprocess forces --cpu; the benchmark must also run on CUDA.)
+    """
+    from tav_core.testing import comfy_inprocess
+    from tav_core.testing.checkpoints import bootstrap_comfyui
+    from tav_core.testing.server import PACK_LINK_NAME, PACK_ROOT
+
+    bootstrap_comfyui()
+    import nodes
+
+    link = Path(tempfile.mkdtemp(prefix="tav-bench-nodes-")) / PACK_LINK_NAME
+    link.symlink_to(PACK_ROOT, target_is_directory=True)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    if not asyncio.run(nodes.load_custom_node(str(link))):
+        raise RuntimeError("ComfyUI failed to load the pack")
+    comfy_inprocess._loaded = nodes
+    pack = comfy_inprocess.pack_module()
+    names = ("attention", "inflate", "sampling", "tuned", "tuning")
+    return types.SimpleNamespace(**{n: importlib.import_module(f"{pack.__name__}.tav_core.{n}") for n in names})
+
+
+def load_model(size: str):
+    import comfy.sd
+    from tav_core.testing.checkpoints import cached_sd15_checkpoint
+
+    path = cached_sd15_checkpoint(size=size)
+    with torch.inference_mode():  # as ComfyUI's loader node runs
+        model, _, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)
+    return model
+
+
+def conditioning(seed: int):
+    """Random CLIP-L-shaped text conditioning [1, 77, 768]: the text encoder is not benchmarked."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 77, 768, generator=g), {}]]
+
+
+def device():
+    import comfy.model_management
+
+    return comfy.model_management.get_torch_device()
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakMemory:
+    """Peak memory growth from `reset()`: CUDA max_memory_allocated, or the process's VmHWM.
+
+    On CPU, VmHWM is reset to the current RSS by writing 5 to /proc/self/clear_refs (Linux >= 4.0);
+    where that is refused, the growth is VmHWM minus the RSS at reset (an upper bound).
+    """
+
+    def reset(self):
+        sync()
+        if device().type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "VmHWM after clear_refs"
+        except OSError:
+            self.method = "VmHWM - VmRSS (no clear_refs)"
+        self.base = _status("VmRSS")
+
+    def growth_mb(self) -> float:
+        sync()
+        if device().type == "cuda":
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        return (_status("VmHWM") - self.base) / 2**20
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+def flop_counter():
+    from torch.utils import flop_counter as fc
+
+    # CPU SDPA kernels have no formula in torch's table; give them the generic SDPA ones.
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", fc.sdpa_flop_count),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", None)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is None or op in fc.flop_registry:
+            continue
+        if formula is not None:
+            fc.register_flop_formula(op)(lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
+        else:
+            fc.register_flop_formula(op)(
+                lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
+    return fc.FlopCounterMode(display=False)
+
+
+def flops_by_op(mode) -> dict:
+    counts = mode.get_flop_counts().get("Global", {})
+    return {str(k).split(".")[-1] if "." in str(k) else str(k): int(v) for k, v in counts.items()}
+
+
+# --------------------------------------------------------------------------------------- patches
+class FullSpatioTemporalAttn1:
+    """Naive baseline attn1: every frame's queries attend to the keys of all F frames of its video.
+
+    O((F N)^2) instead of sparse-causal O(2 F N^2). Done as one attention over [B, F*N, C].
+    """
+
+    def __init__(self, frames_option):
+        self.frames_option = frames_option
+
+    def __call__(self, q, k, v, extra_options):
+        import comfy.ldm.modules.attention as comfy_attention
+
+        frames = extra_options[self.frames_option]
+        rows, tokens, channels = q.shape
+        videos = rows // frames
+        q, k, v = (t.reshape(videos, frames * tokens, channels) for t in (q, k, v))
+        out = comfy_attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                  attn_precision=extra_options.get("attn_precision"))
+        return out.reshape(rows, tokens, channels)
+
+
+def naive_model(core, inflated):
+    model = inflated.clone()
+    patch = FullSpatioTemporalAttn1(core.inflate.FRAMES_OPTION)
+    for _, _, key in core.inflate.transformer_blocks(model.model.diffusion_model):
+        model.set_model_attn1_replace(patch, *key)
+    return model
+
+
+def randomise_temporal(core, inflated, seed=1):
+    """Non-zero temporal output projections (they start at zero), so the temporal path counts."""
+    layers = core.inflate.temporal_layers(inflated)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in layers.named_parameters():
+            if "attn_temp.to_out" in name:
+                p.copy_((torch.randn(p.shape, generator=g) * 0.05).to(p))
+
+
+@contextlib.contextmanager
+def single_group_norm(core, model):
+    """Bench-only: the hooked GroupNorms skip their own (discarded) computation; the video hook
+    then computes the only GroupNorm. Equivalent output; measures the cost of the double compute."""
+    norms = core.inflate.video_norms(model.model.diffusion_model)
+    for norm in norms:
+        norm.forward = lambda x: x
+    try:
+        yield len(norms)
+    finally:
+        for norm in norms:
+            del norm.forward
+
+
+def to_ordinary_weights(patcher):
+    """Bench-only: replace every inference-tensor parameter by an ordinary copy, once."""
+    with torch.inference_mode(False):
+        for module in patcher.model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is not None and p.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
+
+
+def training_clone_without_identity(core):
+    """tuning._training_clone without the identity wrappers (valid once weights are ordinary)."""
+    tuning = core.tuning
+
+    def clone(model, adapters, gradient_checkpointing):
+        training = model.clone()
+        layers = core.inflate.temporal_patcher(model).clone()
+        training.set_additional_models(core.inflate.KEY, [layers])
+        for owner, prefix in ((training, ""), (layers, core.tuned.UNET_PREFIX)):
+            for key in owner.model.state_dict():
+                if prefix + key in adapters:
+                    owner.add_weight_wrapper(key, adapters[prefix + key])
+        if gradient_checkpointing:
+            tuning.checkpointing.add_checkpointing(training)
+        return training
+
+    return clone
+
+
+# ----------------------------------------------------------------------------------------- timing
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def timed_tune(core, inflated, latents, positive, steps, gc, flop_step=False, precision=None):
+    """Run tune() for 1 warm-up + `steps` timed (+1 FLOP-counted) steps; per-step seconds."""
+    marks = []
+    mode = flop_counter() if flop_step else None
+    total = 1 + steps + (1 if flop_step else 0)
+
+    def on_step(step, _total, _loss):
+        sync()
+        marks.append(time.perf_counter())
+        if mode is not None and step == 1 + steps:
+            mode.__enter__()
+        if mode is not None and step == total:
+            mode.__exit__(None, None, None)
+
+    settings = core.tuning.TuneSettings(steps=total, gradient_checkpointing=gc,
+                                        precision=precision or ("fp32" if device().type == "cpu" else "auto"))
+    with torch.inference_mode():
+        result = core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
+    times = [b - a for a, b in zip(marks, marks[1:])][:steps]
+    return times, mode, result
+
+
+def timed_sampler(fn, steps):
+    """Run a sampling function for 1 warm-up + `steps` steps; per-step seconds (between callbacks)."""
+    marks = []
+
+    def callback(step, x0, x, total):
+        sync()
+        marks.append(time.perf_counter())
+
+    out = fn(steps + 1, callback)
+    return [b - a for a, b in zip(marks, marks[1:])], out
+
+
+def relative_error(got, ref):
+    got, ref = got.float(), ref.float()
+    return float((got - ref).norm() / ref.norm())
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def task_peak(spec):
+    dev = device()
+    n = spec.get("matmul", 4096)
+    out = {"device": str(dev), "matmul": n}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(n, n, device=dev).to(dtype)
+        b = torch.randn(n, n, device=dev).to(dtype)
+        times = []
+        for i in range(spec.get("repeats", 5) + 1):
+            sync()
+            t = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            if i:
+                times.append(time.perf_counter() - t)
+        out[str(dtype).split(".")[-1]] = {"seconds": times, "tflops": 2 * n**3 / median(times) / 1e12}
+    return out
+
+
+def common(spec):
+    core = load_comfy()
+    torch.manual_seed(0)
+    model = load_model(spec.get("model_size", "full"))
+    latent_hw = spec["size"] // 8
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(spec["frames"], 4, latent_hw, latent_hw, generator=g)
+    with torch.inference_mode():
+        inflated = core.inflate.inflate(model, seed=0)
+    return core, model, inflated, latents
+
+
+def task_tune(spec):
+    core, _, inflated, latents = common(spec)
+    memory = PeakMemory()
+    memory.reset()
+    times, mode, result = timed_tune(core, inflated, latents, conditioning(0), spec["steps"], spec["gc"],
+                                     flop_step=True)
+    return {"step_seconds": times, "median_s": median(times), "peak_mb": memory.growth_mb(),
+            "memory_method": getattr(memory, "method", "cuda max_memory_allocated"),
+            "flops": mode.get_total_flops(), "flops_by_op": flops_by_op(mode),
+            "losses": result.losses}
+
+
+def _sample(core, model, latents, positive, negative):
+    def run(steps, callback):
+        return core.sampling.ddim_sample(model, positive, negative, latents, steps, CFG, 0.0, 0, False, callback)
+    return run
+
+
+def task_sample(spec):
+    core, _, inflated, latents = common(spec)
+    with torch.inference_mode():
+        randomise_temporal(core, inflated)
+    positive, negative = conditioning(0), conditioning(1)
+    steps = spec["steps"]
+    memory = PeakMemory()
+    out = {}
+
+    def measure(name, model, autocast=None):
+        memory.reset()
+        ctx = torch.autocast(device().type, dtype=autocast) if autocast else contextlib.nullcontext()
+        with ctx:
+            times, samples = timed_sampler(_sample(core, model, latents, positive, negative), steps)
+        out[name] = {"step_seconds": times, "median_s": median(times), "peak_mb": memory.growth_mb()}
+        return samples
+
+    reference = measure("cfg_fp32", inflated)
+    # FLOPs of one CFG step (cond + uncond of F frames in one batch)
+    mode = flop_counter()
+    with mode:
+        _sample(core, inflated, latents, positive, negative)(1, None)
+    out["cfg_fp32"]["flops"] = mode.get_total_flops()
+    out["cfg_fp32"]["flops_by_op"] = flops_by_op(mode)
+
+    def invert(steps, callback):
+        return core.sampling.ddim_invert(inflated, latents, negative, steps, callback)
+
+    memory.reset()
+    times, _ = timed_sampler(invert, steps)
+    out["invert"] = {"step_seconds": times, "median_s": median(times), "peak_mb": memory.growth_mb()}
+
+    if spec.get("bf16", True):
+        samples = measure("cfg_bf16", inflated, torch.bfloat16)
+        out["cfg_bf16"]["rel_error"] = relative_error(samples, reference)
+        out["cfg_bf16"]["rel_error_note"] = f"||bf16 - fp32|| / ||fp32|| of the latent after {steps + 1} DDIM steps"
+    if spec.get("naive", True):
+        naive = naive_model(core, inflated)
+        measure("cfg_naive_full_attention", naive)
+        mode = flop_counter()
+        with mode:
+            _sample(core, naive, latents, positive, negative)(1, None)
+        out["cfg_naive_full_attention"]["flops"] = mode.get_total_flops()
+    import comfy.ldm.modules.attention as comfy_attention
+    out["attention_backend"] = comfy_attention.optimized_attention.__name__
+    out["memory_method"] = getattr(memory, "method", "cuda max_memory_allocated")
+    out["memory_note"] = "one process, modes in sequence; peak reset before each"
+    return out
+
+
+def _top_ops(prof, n=15):
+    rows = []
+    for e in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]:
+        rows.append({"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count})
+    return rows
+
+
+CATEGORIES = (
+    ("convolution", ("conv", "mkldnn_convolution", "slow_conv")),
+    ("matmul (linear, attention bmm)", ("addmm", "aten::mm", "bmm", "baddbmm", "matmul", "linear")),
+    ("softmax", ("softmax",)),
+    ("group/layer norm", ("group_norm", "layer_norm", "var_mean", "rsqrt")),
+    ("copies (copy_/clone/to/cat/index)", ("copy_", "clone", "aten::to", "_to_copy", "aten::cat", "index")),
+    ("elementwise", ("add", "mul", "sub", "div", "gelu", "silu", "neg", "where", "fill", "zero")),
+    ("optimizer (foreach/_fused)", ("_foreach", "_fused", "adamw")),
+)
+
+
+def _categorise(prof) -> dict:
+    totals = {}
+    total = 0.0
+    for e in prof.key_averages():
+        t = e.self_cpu_time_total / 1e3
+        total += t
+        name = e.key.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        totals[cat] = totals.get(cat, 0.0) + t
+    return {"total_self_cpu_ms": total, "by_category_ms": dict(sorted(totals.items(), key=lambda kv: -kv[1]))}
+
+
+def task_profile(spec):
+    from torch.profiler import ProfilerActivity, profile
+
+    core, model, inflated, latents = common(spec)
+    positive, negative = conditioning(0), conditioning(1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device().type == "cuda" else [])
+    out = {}
+    results_dir = Path(spec["results_dir"])
+
+    # 1. one tune step (gradient checkpointing on: the default), after a warm-up step
+    prof = profile(activities=activities)
+
+    def on_step(step, total, loss):
+        if step == 1:
+            prof.start()
+        elif step == 2:
+            prof.stop()
+
+    settings = core.tuning.TuneSettings(steps=2, gradient_checkpointing=True,
+                                        precision="fp32" if device().type == "cpu" else "auto")
+    with torch.inference_mode():
+        core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
+    out["tune_step"] = {"top_ops": _top_ops(prof), **_categorise(prof)}
+    (results_dir / "profile_tune.txt").write_text(
+        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+    # 2. one CFG sampling step
+    with torch.inference_mode():
+        randomise_temporal(core, inflated)
+    prof = profile(activities=activities)
+
+    def callback(step, x0, x, total):
+        if step == 0:
+            prof.start()
+        elif step == 1:
+            prof.stop()
+
+    core.sampling.ddim_sample(inflated, positive, negative, latents, 2, CFG, 0.0, 0, False, callback)
+    out["sample_step"] = {"top_ops": _top_ops(prof), **_categorise(prof)}
+    (results_dir / "profile_sample.txt").write_text(
+        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+    steps = spec["steps"]
+
+    # 3. identity weight wrappers: the same forward (cfg-1 DDIM inversion step) with and without them
+    def invert_with(m):
+        def run(n, callback):
+            return core.sampling.ddim_invert(m, latents, negative, n, callback)
+        return run
+
+    names = core.tuning.trainable_names(inflated, settings.trainable)
+    with torch.inference_mode(False):
+        start = core.tuned.effective_weights(inflated, names)
+        adapters = {n: core.tuning.FullCopy(start[n]) for n in names}
+    training = core.tuning._training_clone(inflated, adapters, False)
+    plain_t, plain_out = timed_sampler(invert_with(inflated), steps)
+    wrapped_t, wrapped_out = timed_sampler(invert_with(training), steps)
+    core.tuning._unload(training)
+    weight_bytes = sum(v.numel() * v.element_size() for v in model.model.diffusion_model.state_dict().values())
+    out["identity_wrappers_forward"] = {
+        "without_s": median(plain_t), "with_s": median(wrapped_t), "without_all": plain_t, "with_all": wrapped_t,
+        "weight_bytes_copied_per_forward": weight_bytes,
+        "same_output_rel_error": relative_error(wrapped_out, plain_out),
+        "note": "median step of ddim_invert (cfg 1: one UNet forward over F frames), training clone "
+                "(identity wrappers + FullCopy adapters, no checkpointing) vs the inflated model"}
+
+    # 4. video GroupNorm: hooked GroupNorms compute their own output, which the hook discards
+    base_t, base_out = timed_sampler(invert_with(inflated), steps)
+    with single_group_norm(core, inflated) as count:
+        single_t, single_out = timed_sampler(invert_with(inflated), steps)
+    out["video_groupnorm_forward"] = {
+        "double_s": median(base_t), "single_s": median(single_t), "double_all": base_t, "single_all": single_t,
+        "hooked_norms": count, "same_output_rel_error": relative_error(single_out, base_out)}
+
+    # 5. tune step with weights converted to ordinary tensors once and no identity wrappers
+    if spec.get("tune_variant", True):
+        memory = PeakMemory()
+        memory.reset()
+        t_with, _, _ = timed_tune(core, inflated, latents, positive, steps, gc=True)
+        mem_with = memory.growth_mb()
+        to_ordinary_weights(model)
+        to_ordinary_weights(core.inflate.temporal_patcher(inflated))
+        original = core.tuning._training_clone
+        core.tuning._training_clone = training_clone_without_identity(core)
+        try:
+            memory.reset()
+            t_without, _, _ = timed_tune(core, inflated, latents, positive, steps, gc=True)
+            mem_without = memory.growth_mb()
+        finally:
+            core.tuning._training_clone = original
+        out["tune_step_identity_wrappers"] = {
+            "with_s": median(t_with), "without_s": median(t_without), "with_all": t_with,
+            "without_all": t_without, "with_peak_mb": mem_with, "without_peak_mb": mem_without,
+            "note": "gradient checkpointing on; 'without' = base weights cloned to ordinary tensors "
+                    "once (bench-only) and identity wrappers dropped; same process, run in sequence"}
+    return out
+
+
+TASKS = {"peak": task_peak, "tune": task_tune, "sample": task_sample, "profile": task_profile}
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    torch.set_grad_enabled(True)
+    t = time.perf_counter()
+    result = TASKS[spec["task"]](spec)
+    result["wall_s"] = time.perf_counter() - t
+    result["threads"] = torch.get_num_threads()
+    print("RESULT:" + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
