@@ -266,6 +266,9 @@ def relative_error(got, ref):
 
 # ------------------------------------------------------------------------------------------ tasks
 def task_peak(spec):
+    from tav_core.testing.checkpoints import bootstrap_comfyui
+
+    bootstrap_comfyui()
     dev = device()
     n = spec.get("matmul", 4096)
     out = {"device": str(dev), "matmul": n}

@@ -61,7 +61,8 @@ class OneShotTune(io.ComfyNode):
                                          "model, latents, prompt and settings: re-running skips the tuning."),
             ],
             outputs=[
-                io.Model.Output(display_name="MODEL", tooltip="The tuned model, for DDIM Invert, Video Sample or Save Tuned Weights."),
+                io.Model.Output(display_name="MODEL",
+                                tooltip="The tuned model, for DDIM Invert, Video Sample or Save Tuned Weights."),
                 io.Image.Output("loss_curve", display_name="loss_curve", tooltip="The training loss per step."),
             ],
             hidden=[io.Hidden.unique_id],
