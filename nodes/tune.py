@@ -57,7 +57,7 @@ class OneShotTune(io.ComfyNode):
                                tooltip="AdamW as the official code (betas 0.9/0.999, weight decay 1e-2); "
                                        "AdamW 8-bit needs bitsandbytes."),
                 io.Boolean.Input("cache", default=False,
-                                 tooltip="Keep the tuned weights on disk (models/tuneavideo/cache), keyed by "
+                                 tooltip="Keep the tuned weights on disk (models/tuneavideo_cache), keyed by "
                                          "model, latents, prompt and settings: re-running skips the tuning."),
             ],
             outputs=[
@@ -81,7 +81,8 @@ class OneShotTune(io.ComfyNode):
             progress.update_absolute(step, total)
             _send_loss(node_id, step, total, loss)  # web/js/loss_curve.js draws it live
 
-        cache_dir = os.path.join(folder_paths.models_dir, "tuneavideo", "cache") if cache else None
+        # Not inside models/tuneavideo: Load Tuned Weights lists that folder, and cache entries are deltas.
+        cache_dir = os.path.join(folder_paths.models_dir, "tuneavideo_cache") if cache else None
         try:
             result = tuning.tune(model, positive, latent, settings, on_step, cache_dir)
         except (tuning.TuneError, inflate.InflateError) as e:

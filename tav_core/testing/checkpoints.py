@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
 from filelock import FileLock  # a dependency of torch, so always installed
 from safetensors.torch import save_file
 
+from tav_core.testing.comfy_inprocess import bootstrap_comfyui
 from tav_core.testing.server import PACK_ROOT, comfyui_dir
 
 SIZES = ("tiny", "full")
@@ -74,25 +74,6 @@ _LEVELS = {
 # CLIP's logit scale (which the SD1 layout does not store).
 _CONSTRUCTOR_INITIALISED = ("vae_scale", "vae_shift", "logit_scale")
 _CONTROLNET_STREAM = 1 << 40
-
-
-def bootstrap_comfyui() -> None:
-    """Make ComfyUI (env COMFYUI_DIR or <pack>/.comfyui) importable in this process; idempotent.
-
-    Call it before anything imports `comfy`: comfy.model_management probes CUDA at import time and
-    fails on machines without a GPU unless ComfyUI's --cpu flag is already set.
-    """
-    root = str(comfyui_dir())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import comfy.options
-
-    # ComfyUI would parse sys.argv at import time; the host program's arguments are not ComfyUI's.
-    comfy.options.enable_args_parsing(False)
-    if "comfy.model_management" not in sys.modules and not torch.cuda.is_available():
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
 
 
 def sd15_unet_config(size: str = "tiny") -> dict:
@@ -145,7 +126,7 @@ def write_sd15_controlnet(path, seed: int = 0) -> Path:
     tensor (zero convs included) gets PyTorch's default init.
     """
     path = Path(path)
-    comfy = _import_comfy()
+    _import_comfy()
     import comfy.cldm.cldm
 
     unet_config = comfy.supported_models.SD15(sd15_unet_config("tiny")).unet_config

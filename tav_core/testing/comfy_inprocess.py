@@ -9,26 +9,38 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from .server import PACK_LINK_NAME, PACK_ROOT, comfyui_dir
 
 _loaded = None
 
 
+def bootstrap_comfyui() -> None:
+    """Make ComfyUI (env COMFYUI_DIR or <pack>/.comfyui) importable in this process; idempotent.
+
+    Call it before anything imports `comfy`: comfy.model_management probes CUDA at import time and
+    fails on machines without a GPU unless ComfyUI's --cpu flag is already set.
+    """
+    root = str(comfyui_dir())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.options
+
+    # ComfyUI would parse sys.argv at import time; the host program's arguments are not ComfyUI's.
+    comfy.options.enable_args_parsing(False)
+    if "comfy.model_management" not in sys.modules and not torch.cuda.is_available():
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+
+
 def load_comfy_with_pack():
-    """Import ComfyUI (CPU, no argv parsing), load its nodes and the pack; returns `nodes`."""
+    """Import ComfyUI (no argv parsing; CPU without CUDA), load its nodes and the pack; returns `nodes`."""
     global _loaded
     if _loaded is not None:
         return _loaded
-    comfy_root = str(comfyui_dir())
-    if comfy_root not in sys.path:
-        sys.path.insert(0, comfy_root)
-    import comfy.options
-
-    # ComfyUI parses sys.argv at import time; the host program's arguments are not ComfyUI's.
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+    bootstrap_comfyui()
     import nodes
 
     link = Path(tempfile.mkdtemp(prefix="tav-custom-nodes-")) / PACK_LINK_NAME

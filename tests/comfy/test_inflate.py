@@ -205,3 +205,20 @@ def test_the_seed_sets_the_temporal_weights(sd15, core):
     assert any(not torch.equal(a[k], c[k]) for k in a if "to_q" in k)
     out = [k for k in a if "to_out" in k]
     assert out and all(torch.count_nonzero(a[k]) == 0 for k in out), "attn_temp.to_out must start at zero"
+
+
+def test_several_conds_and_area_conds_batch_whole_videos(models, comfy_nodes):
+    """Cond and uncond together, two positive conds, one of them on an area: every call holds whole videos."""
+    import comfy.sample
+    import node_helpers
+
+    _, inflated = models
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g)
+    area = node_helpers.conditioning_set_values([[b, {}]], {"area": (4, 4, 0, 0), "strength": 1.0,
+                                                            "set_area_to_bounds": False})
+    noise = torch.randn(FRAMES, 4, 8, 8, generator=g)
+    with torch.inference_mode():
+        out = comfy.sample.sample(inflated, noise, 2, 5.0, "euler", "normal", [[a, {}]] + area,
+                                  [[torch.zeros_like(a), {}]], torch.zeros_like(noise), seed=0, disable_pbar=True)
+    assert out.shape == noise.shape and torch.isfinite(out).all()

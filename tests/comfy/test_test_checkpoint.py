@@ -3,7 +3,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tav_core.testing.checkpoints import bootstrap_comfyui, sd15_unet_config
+from tav_core.testing.checkpoints import sd15_unet_config
+from tav_core.testing.comfy_inprocess import bootstrap_comfyui
 
 # ComfyUI builds these for SD1 text encoders, but the SD1 checkpoint layout has no slot for them:
 # logit_scale gets its value in the constructor, text_projection only feeds the pooled output,
