@@ -2,9 +2,9 @@
 
 - The clip's latents are encoded once, by the graph; text embeddings come from the conditioning.
 - Each trainable tensor gets a trainable copy in float32 (or a low-rank delta), spliced into the
-  forward pass by a ComfyUI weight wrapper on a training clone; every other weight passes through
-  an identity wrapper, which makes ComfyUI rebuild it as an ordinary tensor: checkpoint weights are
-  inference tensors, and autograd cannot save those for backward.
+  forward pass by a ComfyUI weight wrapper on a training clone. Checkpoint weights are inference
+  tensors, which autograd cannot save for backward: when the training clone loads, an ON_LOAD
+  callback swaps each for an ordinary tensor of the same value (once, instead of a per-forward copy).
 - The loop runs as a ComfyUI sampler, so ComfyUI loads the models, processes the conditioning
   (SDXL's pooled and size conds too) and records the frame count. The model is queried at a
   uniformly drawn training timestep, and the loss is the paper's: MSE between the noise and the
@@ -22,6 +22,7 @@ import torch
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
@@ -110,10 +111,6 @@ class LowRankDelta(torch.nn.Module):
 
     def delta(self) -> torch.Tensor:
         return (self.up @ self.down).detach()
-
-
-def _identity(weight):
-    return weight
 
 
 def _autocast_dtype(precision: str, device: torch.device):
@@ -281,15 +278,29 @@ def _training_clone(model, adapters: dict, gradient_checkpointing: bool):
     training = model.clone()
     layers = inflate.temporal_patcher(model).clone()
     training.set_additional_models(inflate.KEY, [layers])
-    for owner, prefix in ((training, ""), (layers, tuned.UNET_PREFIX)):
-        for key, value in owner.model.state_dict().items():
-            if not key.endswith((".weight", ".bias")):
-                continue
-            wrapper = adapters.get(prefix + key, _identity)
-            owner.add_weight_wrapper(key, wrapper)
+    for name, adapter in adapters.items():
+        if tuned.is_temporal(name):
+            layers.add_weight_wrapper(name[len(tuned.UNET_PREFIX):], adapter)
+        else:
+            training.add_weight_wrapper(name, adapter)
+    for owner in (training, layers):
+        owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
     if gradient_checkpointing:
         checkpointing.add_checkpointing(training)
     return training
+
+
+def _ordinary_weights(patcher, *_) -> None:
+    """ON_LOAD: replace inference-tensor parameters by ordinary tensors of the same value.
+
+    Loading under ComfyUI's inference mode leaves the weights as inference tensors, and autograd
+    cannot save those for backward. The values do not change, so neither does any model sharing them.
+    """
+    with torch.inference_mode(False):
+        for module in patcher.model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.is_inference():
+                    setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
 
 
 def _unload(training) -> None:
