@@ -508,5 +508,25 @@ def main():
     print("RESULT:" + json.dumps(result), flush=True)
 
 
+
+def task_ab(spec):
+    """Ordering check: sparse-causal and naive CFG sampling steps interleaved in one process."""
+    core, _, inflated, latents = common(spec)
+    with torch.inference_mode():
+        randomise_temporal(core, inflated)
+    positive, negative = conditioning(0), conditioning(1)
+    naive = naive_model(core, inflated)
+    out = {"order": [], "sparse": [], "naive": []}
+    for name in ("sparse", "naive", "sparse", "naive"):
+        times, _ = timed_sampler(_sample(core, inflated if name == "sparse" else naive, latents, positive, negative),
+                                 spec["steps"])
+        out["order"].append(name)
+        out[name].append(times)
+    return out
+
+
+TASKS["ab"] = task_ab
+
+
 if __name__ == "__main__":
     main()

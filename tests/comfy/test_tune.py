@@ -143,3 +143,39 @@ def test_save_tuned_writes_every_tuned_tensor_under_official_names(sd15, core, c
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight" in keys
     assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q.weight" in keys
     assert metadata["source_prompt"] == "a man is skiing" and metadata["frames"] == str(FRAMES)
+
+
+def with_v_prediction(model):
+    """The model with v-prediction sampling, patched in as core ModelSamplingDiscrete does."""
+    import comfy.model_sampling
+
+    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+        pass
+
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
+    return patched
+
+
+@pytest.mark.parametrize("v_pred", [False, True], ids=["eps", "v"])
+def test_the_loss_is_the_papers_objective(sd15, core, clip_inputs, v_pred):
+    """Step 1's loss equals a plain reimplementation: x_t from diffusers' alphas, UNet at integer t."""
+    model = core.inflate.inflate(sd15[0], seed=0)
+    model = with_v_prediction(model) if v_pred else model
+    positive, latent = clip_inputs
+    result = tune(core, model, clip_inputs, steps=1, seed=5)
+    # The same draws as the tuning loop: timestep, then noise, from a CPU generator seeded with `seed`.
+    g = torch.Generator().manual_seed(5)
+    t = int(torch.randint(0, 1000, (1,), generator=g))
+    noise = torch.randn(latent["samples"].shape, generator=g)
+    a = core.schedule.scaled_linear_alphas_cumprod()[t].double()
+    x0 = latent["samples"].double() * 0.18215  # SD1.x latent scale
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.inference_mode():
+        core.inflate.load(model)
+        out = model.model.diffusion_model(
+            x_t.float(), torch.full((FRAMES,), float(t)), context=positive[0][0].expand(FRAMES, -1, -1),
+            transformer_options=core.inflate.call_options(model, FRAMES)).double()
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
+    expected = torch.nn.functional.mse_loss(out, target.double()).item()
+    assert result.losses[0] == pytest.approx(expected, rel=1e-4)
