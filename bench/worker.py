@@ -6,17 +6,11 @@ attention, weights converted once, single GroupNorm) are bench-only patches on m
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib
 import json
-import math
-import os
 import statistics
 import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -29,26 +23,11 @@ CFG = 7.5
 
 # ----------------------------------------------------------------------------------------- setup
 def load_comfy():
-    """ComfyUI with the pack loaded by its own loader; CPU only when there is no CUDA device.
+    """ComfyUI with the pack loaded by its own loader (CPU only when there is no CUDA device)."""
+    from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_core
 
-    (tav_core.testing.comfy_inprocess forces --cpu; the benchmark must also run on CUDA.)
-    """
-    from tav_core.testing import comfy_inprocess
-    from tav_core.testing.checkpoints import bootstrap_comfyui
-    from tav_core.testing.server import PACK_LINK_NAME, PACK_ROOT
-
-    bootstrap_comfyui()
-    import nodes
-
-    link = Path(tempfile.mkdtemp(prefix="tav-bench-nodes-")) / PACK_LINK_NAME
-    link.symlink_to(PACK_ROOT, target_is_directory=True)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if not asyncio.run(nodes.load_custom_node(str(link))):
-        raise RuntimeError("ComfyUI failed to load the pack")
-    comfy_inprocess._loaded = nodes
-    pack = comfy_inprocess.pack_module()
-    names = ("attention", "inflate", "sampling", "tuned", "tuning")
-    return types.SimpleNamespace(**{n: importlib.import_module(f"{pack.__name__}.tav_core.{n}") for n in names})
+    load_comfy_with_pack()
+    return pack_core("attention", "inflate", "sampling", "tuned", "tuning")
 
 
 def load_model(size: str):
@@ -266,7 +245,7 @@ def relative_error(got, ref):
 
 # ------------------------------------------------------------------------------------------ tasks
 def task_peak(spec):
-    from tav_core.testing.checkpoints import bootstrap_comfyui
+    from tav_core.testing.comfy_inprocess import bootstrap_comfyui
 
     bootstrap_comfyui()
     dev = device()

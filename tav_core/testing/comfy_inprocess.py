@@ -59,3 +59,24 @@ def pack_module():
         if name.endswith(PACK_LINK_NAME) and hasattr(module, "comfy_entrypoint"):
             return module
     raise LookupError("the pack module is not in sys.modules")
+
+
+def pack_core(*names: str):
+    """The pack's tav_core modules as ComfyUI imported them (so class identities match the nodes')."""
+    import importlib
+    import types
+
+    package = pack_module().__name__
+    return types.SimpleNamespace(**{n: importlib.import_module(f"{package}.tav_core.{n}") for n in names})
+
+
+def with_v_prediction(model):
+    """A clone of `model` with v-prediction sampling, patched in as core ModelSamplingDiscrete does."""
+    import comfy.model_sampling
+
+    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+        pass
+
+    patched = model.clone()
+    patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
+    return patched

@@ -1,7 +1,7 @@
 """Level 2: ComfyUI imported in-process, with the pack loaded by ComfyUI's own custom-node loader."""
 import pytest
 
-from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_module
+from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_core, pack_module
 
 
 @pytest.fixture(scope="session")
@@ -29,13 +29,9 @@ def input_dir(tmp_path):
 
 @pytest.fixture(scope="session")
 def core(pack):
-    """The pack's tav_core package, as imported by ComfyUI (so class identities match the nodes')."""
-    import importlib
-    import types
-
-    names = ("attention", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned", "tuning", "video",
-             "weights")
-    return types.SimpleNamespace(**{n: importlib.import_module(f"{pack.__name__}.tav_core.{n}") for n in names})
+    """The pack's tav_core modules, as imported by ComfyUI (so class identities match the nodes')."""
+    return pack_core("attention", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned", "tuning",
+                     "video", "weights")
 
 
 @pytest.fixture(scope="session")

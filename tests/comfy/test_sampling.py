@@ -7,6 +7,8 @@ directly at integer timesteps and classifier-free guidance done by hand, as the 
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import with_v_prediction
+
 FRAMES = 4
 STEPS = 5
 CFG = 12.5
@@ -55,18 +57,6 @@ def no_interrupt_left():
 
     yield
     comfy.model_management.interrupt_current_processing(False)
-
-
-def v_prediction(model):
-    """The model with v-prediction sampling, patched in as core ModelSamplingDiscrete does."""
-    import comfy.model_sampling
-
-    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
-        pass
-
-    patched = model.clone()
-    patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
-    return patched
 
 
 class NaiveReference:
@@ -122,7 +112,7 @@ def invert_and_sample(core, model, raw, prompts):
 
 @pytest.mark.parametrize("v_pred", [False, True], ids=["eps", "v-prediction"])
 def test_invert_and_sample_match_the_naive_reference(core, inflated, clip_latents, prompts, v_pred):
-    model = v_prediction(inflated) if v_pred else inflated
+    model = with_v_prediction(inflated) if v_pred else inflated
     inverted, sampled = invert_and_sample(core, model, clip_latents, prompts)
     naive = NaiveReference(core, model, v_pred)
     with torch.inference_mode():

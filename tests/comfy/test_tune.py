@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import with_v_prediction
+
 FRAMES = 4
 PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
 
@@ -143,18 +145,6 @@ def test_save_tuned_writes_every_tuned_tensor_under_official_names(sd15, core, c
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight" in keys
     assert "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q.weight" in keys
     assert metadata["source_prompt"] == "a man is skiing" and metadata["frames"] == str(FRAMES)
-
-
-def with_v_prediction(model):
-    """The model with v-prediction sampling, patched in as core ModelSamplingDiscrete does."""
-    import comfy.model_sampling
-
-    class VPrediction(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
-        pass
-
-    patched = model.clone()
-    patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
-    return patched
 
 
 @pytest.mark.parametrize("v_pred", [False, True], ids=["eps", "v"])
