@@ -24,14 +24,16 @@ ROOT = HERE.parent
 RESULTS = HERE / "results"
 
 
-def run_worker(spec: dict, timeout: float) -> dict:
+def run_worker(spec: dict, timeout: float, python: str = sys.executable, script: Path = HERE / "worker.py",
+               cwd: Path = ROOT) -> dict:
+    """Run one configuration in a fresh process; its RESULT line, or the error, plus the load."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", TQDM_DISABLE="1")
     load_before = os.getloadavg()
     t = time.perf_counter()
     label = " ".join(f"{k}={v}" for k, v in spec.items() if k not in ("results_dir",))
     print(f"[bench] {label} ...", file=sys.stderr, flush=True)
     try:
-        proc = subprocess.run([sys.executable, str(HERE / "worker.py"), json.dumps(spec)], cwd=ROOT, env=env,
+        proc = subprocess.run([python, str(script), json.dumps(spec)], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         result = {"error": f"timeout after {timeout:.0f} s"}
@@ -109,7 +111,8 @@ def markdown(results: dict, summary: dict) -> str:
     meta = results["meta"]
     lines = [f"# Tune-A-Video benchmark {meta['timestamp']}", "",
              f"Device {meta['device']}, {meta['cpu_count']} CPUs, torch {meta['torch']}; random-weight SD1.5 "
-             f"(full architecture); {meta['steps']} timed steps after 1 warm-up, medians. "
+             f"(full architecture); ComfyUI attention backend: {meta.get('attention', 'default')}; "
+             f"{meta['steps']} timed steps after 1 warm-up, medians. "
              f"Load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end"
              + (" (**shared machine, measured under load**)" if max(meta['load_start'], meta['load_end']) > 1.5 else "")
              + ".", "",
@@ -150,19 +153,10 @@ def markdown(results: dict, summary: dict) -> str:
             total = prof[name]["total_self_cpu_ms"]
             lines.append(f"- {name}: total {total:.0f} ms; " + ", ".join(
                 f"{k} {v:.0f} ({100 * v / total:.0f}%)" for k, v in cats.items()))
-        w = prof["identity_wrappers_forward"]
-        lines.append(f"- identity weight wrappers, one cfg-1 UNet forward: {w['with_s']:.2f} s with vs "
-                     f"{w['without_s']:.2f} s without ({w['weight_bytes_copied_per_forward'] / 2**30:.2f} GiB of "
-                     f"weights copied per forward; outputs differ by {w['same_output_rel_error']:.1e})")
         g = prof["video_groupnorm_forward"]
         lines.append(f"- video GroupNorm hook, one cfg-1 UNet forward: {g['double_s']:.2f} s as is vs "
                      f"{g['single_s']:.2f} s with the {g['hooked_norms']} hooked norms computed once "
                      f"(outputs differ by {g['same_output_rel_error']:.1e})")
-        v = prof.get("tune_step_identity_wrappers")
-        if v:
-            lines.append(f"- tune step (GC on): {v['with_s']:.2f} s with identity wrappers vs {v['without_s']:.2f} s "
-                         f"with weights converted once and no identity wrappers; peak growth "
-                         f"{v['with_peak_mb']:.0f} vs {v['without_peak_mb']:.0f} MB")
     elif prof:
         lines += ["", f"Profile failed: {prof['error']}"]
     return "\n".join(lines) + "\n"
@@ -204,6 +198,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="timed steps after the warm-up (default 3)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-tune", action="store_true")
+    parser.add_argument("--gc", choices=("both", "on", "off"), default="both",
+                        help="tune with gradient checkpointing on, off or both (default both)")
+    parser.add_argument("--attention", choices=("default", "pytorch"), default="default",
+                        help="ComfyUI attention backend: its default, or PyTorch SDPA "
+                             "(as --use-pytorch-cross-attention)")
     parser.add_argument("--no-naive", action="store_true")
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--naive-max-tokens", type=int, default=16384,
@@ -225,6 +224,7 @@ def main(argv=None):
     results = {"meta": {"timestamp": stamp, "device": "cuda" if cuda else "cpu", "cpu_count": os.cpu_count(),
                         "torch": torch.__version__, "python": platform.python_version(), "steps": steps,
                         "frames": frames, "sizes": sizes, "quick": args.quick, "matmul": 4096,
+                        "attention": args.attention,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_start": os.getloadavg()[0]},
                "configs": []}
     t0 = time.perf_counter()
@@ -232,10 +232,13 @@ def main(argv=None):
     for size in sizes:
         for f in frames:
             cfg = {"size": size, "frames": f}
-            base = {"frames": f, "size": size, "steps": steps}
+            base = {"frames": f, "size": size, "steps": steps,
+                    **({"attention": args.attention} if args.attention != "default" else {})}
             if not args.no_tune:
-                cfg["tune_gc_on"] = run_worker({"task": "tune", **base, "gc": True}, args.timeout)
-                cfg["tune_gc_off"] = run_worker({"task": "tune", **base, "gc": False}, args.timeout)
+                if args.gc in ("both", "on"):
+                    cfg["tune_gc_on"] = run_worker({"task": "tune", **base, "gc": True}, args.timeout)
+                if args.gc in ("both", "off"):
+                    cfg["tune_gc_off"] = run_worker({"task": "tune", **base, "gc": False}, args.timeout)
             naive = not args.no_naive and f * (size // 8) ** 2 <= args.naive_max_tokens
             cfg["sample"] = run_worker({"task": "sample", **base, "naive": naive, "bf16": not args.no_bf16},
                                        args.timeout)
@@ -243,7 +246,9 @@ def main(argv=None):
     if not args.no_profile:
         profile_dir.mkdir(exist_ok=True)
         results["profile"] = run_worker({"task": "profile", "frames": 8, "size": 128, "steps": steps,
-                                         "results_dir": str(profile_dir)}, args.timeout)
+                                         "results_dir": str(profile_dir),
+                                         **({"attention": args.attention} if args.attention != "default" else {})},
+                                        args.timeout)
     results["meta"]["load_end"] = os.getloadavg()[0]
     results["meta"]["total_s"] = time.perf_counter() - t0
     out = RESULTS / f"{stamp}.json"

@@ -22,10 +22,20 @@ CFG = 7.5
 
 
 # ----------------------------------------------------------------------------------------- setup
-def load_comfy():
-    """ComfyUI with the pack loaded by its own loader (CPU only when there is no CUDA device)."""
-    from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_core
+def load_comfy(attention: str | None = None):
+    """ComfyUI with the pack loaded by its own loader (CPU only when there is no CUDA device).
 
+    attention="pytorch" selects ComfyUI's PyTorch SDPA backend, as `--use-pytorch-cross-attention`
+    does (ComfyUI's default on NVIDIA; on CPUs its default is sub-quadratic attention)."""
+    from tav_core.testing.comfy_inprocess import bootstrap_comfyui, load_comfy_with_pack, pack_core
+
+    bootstrap_comfyui()
+    if attention == "pytorch":
+        import comfy.cli_args
+
+        comfy.cli_args.args.use_pytorch_cross_attention = True
+    elif attention is not None:
+        raise ValueError(f"unknown attention backend {attention!r}")
     load_comfy_with_pack()
     return pack_core("attention", "inflate", "sampling", "tuned", "tuning")
 
@@ -50,6 +60,12 @@ def device():
     import comfy.model_management
 
     return comfy.model_management.get_torch_device()
+
+
+def attention_backend() -> str:
+    import comfy.ldm.modules.attention as comfy_attention
+
+    return comfy_attention.optimized_attention.__name__
 
 
 def sync():
@@ -171,48 +187,25 @@ def single_group_norm(core, model):
             del norm.forward
 
 
-def to_ordinary_weights(patcher):
-    """Bench-only: replace every inference-tensor parameter by an ordinary copy, once."""
-    with torch.inference_mode(False):
-        for module in patcher.model.modules():
-            for name, p in list(module._parameters.items()):
-                if p is not None and p.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-
-
-def training_clone_without_identity(core):
-    """tuning._training_clone without the identity wrappers (valid once weights are ordinary)."""
-    tuning = core.tuning
-
-    def clone(model, adapters, gradient_checkpointing):
-        training = model.clone()
-        layers = core.inflate.temporal_patcher(model).clone()
-        training.set_additional_models(core.inflate.KEY, [layers])
-        for owner, prefix in ((training, ""), (layers, core.tuned.UNET_PREFIX)):
-            for key in owner.model.state_dict():
-                if prefix + key in adapters:
-                    owner.add_weight_wrapper(key, adapters[prefix + key])
-        if gradient_checkpointing:
-            tuning.checkpointing.add_checkpointing(training)
-        return training
-
-    return clone
-
-
 # ----------------------------------------------------------------------------------------- timing
 def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def timed_tune(core, inflated, latents, positive, steps, gc, flop_step=False, precision=None):
-    """Run tune() for 1 warm-up + `steps` timed (+1 FLOP-counted) steps; per-step seconds."""
-    marks = []
+def timed_tune(core, inflated, latents, positive, steps, gc, flop_step=False, precision=None, memory=None):
+    """Run tune() for 1 warm-up + `steps` timed (+1 FLOP-counted) steps.
+
+    Returns per-step seconds, the FLOP counter, the result, and the peak memory growth of the timed
+    steps (taken before the FLOP-counted step, whose tensor tracking is not part of the work)."""
+    marks, peak = [], {}
     mode = flop_counter() if flop_step else None
     total = 1 + steps + (1 if flop_step else 0)
 
     def on_step(step, _total, _loss):
         sync()
         marks.append(time.perf_counter())
+        if step == 1 + steps and memory is not None:
+            peak["mb"] = memory.growth_mb()
         if mode is not None and step == 1 + steps:
             mode.__enter__()
         if mode is not None and step == total:
@@ -223,7 +216,7 @@ def timed_tune(core, inflated, latents, positive, steps, gc, flop_step=False, pr
     with torch.inference_mode():
         result = core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
     times = [b - a for a, b in zip(marks, marks[1:])][:steps]
-    return times, mode, result
+    return times, mode, result, peak.get("mb")
 
 
 def timed_sampler(fn, steps):
@@ -267,7 +260,7 @@ def task_peak(spec):
 
 
 def common(spec):
-    core = load_comfy()
+    core = load_comfy(spec.get("attention"))
     torch.manual_seed(0)
     model = load_model(spec.get("model_size", "full"))
     latent_hw = spec["size"] // 8
@@ -282,10 +275,13 @@ def task_tune(spec):
     core, _, inflated, latents = common(spec)
     memory = PeakMemory()
     memory.reset()
-    times, mode, result = timed_tune(core, inflated, latents, conditioning(0), spec["steps"], spec["gc"],
-                                     flop_step=True)
-    return {"step_seconds": times, "median_s": median(times), "peak_mb": memory.growth_mb(),
+    times, mode, result, peak_mb = timed_tune(core, inflated, latents, conditioning(0), spec["steps"], spec["gc"],
+                                              flop_step=True, memory=memory)
+    return {"step_seconds": times, "median_s": median(times), "peak_mb": peak_mb,
+            "peak_mb_incl_flop_step": memory.growth_mb(),
             "memory_method": getattr(memory, "method", "cuda max_memory_allocated"),
+            "rss_at_reset_mb": memory.base / 2**20, "vm_hwm_mb": _status("VmHWM") / 2**20,
+            "attention_backend": attention_backend(),
             "flops": mode.get_total_flops(), "flops_by_op": flops_by_op(mode),
             "losses": result.losses}
 
@@ -339,8 +335,7 @@ def task_sample(spec):
         with mode:
             _sample(core, naive, latents, positive, negative)(1, None)
         out["cfg_naive_full_attention"]["flops"] = mode.get_total_flops()
-    import comfy.ldm.modules.attention as comfy_attention
-    out["attention_backend"] = comfy_attention.optimized_attention.__name__
+    out["attention_backend"] = attention_backend()
     out["memory_method"] = getattr(memory, "method", "cuda max_memory_allocated")
     out["memory_note"] = "one process, modes in sequence; peak reset before each"
     return out
@@ -420,72 +415,19 @@ def task_profile(spec):
 
     steps = spec["steps"]
 
-    # 3. identity weight wrappers: the same forward (cfg-1 DDIM inversion step) with and without them
     def invert_with(m):
         def run(n, callback):
             return core.sampling.ddim_invert(m, latents, negative, n, callback)
         return run
 
-    names = core.tuning.trainable_names(inflated, settings.trainable)
-    with torch.inference_mode(False):
-        start = core.tuned.effective_weights(inflated, names)
-        adapters = {n: core.tuning.FullCopy(start[n]) for n in names}
-    training = core.tuning._training_clone(inflated, adapters, False)
-    plain_t, plain_out = timed_sampler(invert_with(inflated), steps)
-    wrapped_t, wrapped_out = timed_sampler(invert_with(training), steps)
-    core.tuning._unload(training)
-    weight_bytes = sum(v.numel() * v.element_size() for v in model.model.diffusion_model.state_dict().values())
-    out["identity_wrappers_forward"] = {
-        "without_s": median(plain_t), "with_s": median(wrapped_t), "without_all": plain_t, "with_all": wrapped_t,
-        "weight_bytes_copied_per_forward": weight_bytes,
-        "same_output_rel_error": relative_error(wrapped_out, plain_out),
-        "note": "median step of ddim_invert (cfg 1: one UNet forward over F frames), training clone "
-                "(identity wrappers + FullCopy adapters, no checkpointing) vs the inflated model"}
-
-    # 4. video GroupNorm: hooked GroupNorms compute their own output, which the hook discards
+    # 3. video GroupNorm: hooked GroupNorms compute their own output, which the hook discards
     base_t, base_out = timed_sampler(invert_with(inflated), steps)
     with single_group_norm(core, inflated) as count:
         single_t, single_out = timed_sampler(invert_with(inflated), steps)
     out["video_groupnorm_forward"] = {
         "double_s": median(base_t), "single_s": median(single_t), "double_all": base_t, "single_all": single_t,
         "hooked_norms": count, "same_output_rel_error": relative_error(single_out, base_out)}
-
-    # 5. tune step with weights converted to ordinary tensors once and no identity wrappers
-    if spec.get("tune_variant", True):
-        memory = PeakMemory()
-        memory.reset()
-        t_with, _, _ = timed_tune(core, inflated, latents, positive, steps, gc=True)
-        mem_with = memory.growth_mb()
-        to_ordinary_weights(model)
-        to_ordinary_weights(core.inflate.temporal_patcher(inflated))
-        original = core.tuning._training_clone
-        core.tuning._training_clone = training_clone_without_identity(core)
-        try:
-            memory.reset()
-            t_without, _, _ = timed_tune(core, inflated, latents, positive, steps, gc=True)
-            mem_without = memory.growth_mb()
-        finally:
-            core.tuning._training_clone = original
-        out["tune_step_identity_wrappers"] = {
-            "with_s": median(t_with), "without_s": median(t_without), "with_all": t_with,
-            "without_all": t_without, "with_peak_mb": mem_with, "without_peak_mb": mem_without,
-            "note": "gradient checkpointing on; 'without' = base weights cloned to ordinary tensors "
-                    "once (bench-only) and identity wrappers dropped; same process, run in sequence"}
     return out
-
-
-TASKS = {"peak": task_peak, "tune": task_tune, "sample": task_sample, "profile": task_profile}
-
-
-def main():
-    spec = json.loads(sys.argv[1])
-    torch.set_grad_enabled(True)
-    t = time.perf_counter()
-    result = TASKS[spec["task"]](spec)
-    result["wall_s"] = time.perf_counter() - t
-    result["threads"] = torch.get_num_threads()
-    print("RESULT:" + json.dumps(result), flush=True)
-
 
 
 def task_ab(spec):
@@ -504,7 +446,19 @@ def task_ab(spec):
     return out
 
 
-TASKS["ab"] = task_ab
+
+TASKS = {"peak": task_peak, "tune": task_tune, "sample": task_sample, "profile": task_profile, "ab": task_ab}
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    torch.set_grad_enabled(True)
+    t = time.perf_counter()
+    result = TASKS[spec["task"]](spec)
+    result["wall_s"] = time.perf_counter() - t
+    result["threads"] = torch.get_num_threads()
+    print("RESULT:" + json.dumps(result), flush=True)
+
 
 
 if __name__ == "__main__":

@@ -82,18 +82,21 @@ def trainable_names(patcher, preset: str) -> list[str]:
 
 
 class FullCopy(torch.nn.Module):
-    """Trains the whole tensor, as the official code does (weight decay included)."""
+    """Trains the whole tensor, as the official code does (weight decay included).
+
+    It owns `value` (a float32 copy) and keeps no copy of the start: the delta is taken against the
+    start recomputed after training, which saves one tensor's memory per trained tensor.
+    """
 
     def __init__(self, value: torch.Tensor):
         super().__init__()
-        self.register_buffer("initial", value, persistent=False)
-        self.value = torch.nn.Parameter(value.clone())
+        self.value = torch.nn.Parameter(value)
 
     def forward(self, weight):
         return self.value.to(weight.dtype)
 
-    def delta(self) -> torch.Tensor:
-        return (self.value - self.initial).detach()
+    def delta(self, start: torch.Tensor) -> torch.Tensor:
+        return self.value.detach() - start
 
 
 class LowRankDelta(torch.nn.Module):
@@ -109,7 +112,7 @@ class LowRankDelta(torch.nn.Module):
     def forward(self, weight):
         return weight + (self.up @ self.down).to(weight.dtype)
 
-    def delta(self) -> torch.Tensor:
+    def delta(self, start: torch.Tensor | None = None) -> torch.Tensor:
         return (self.up @ self.down).detach()
 
 
@@ -133,7 +136,11 @@ def _make_optimizer(name: str, params, settings: TuneSettings):
             raise TuneError("the AdamW 8-bit optimizer needs bitsandbytes (pip install bitsandbytes); "
                             "choose AdamW instead.") from e
         return bitsandbytes.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+    try:
+        # The fused kernel: the same update, about 3x faster on CPU and without foreach temporaries.
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except RuntimeError:  # a device without a fused AdamW kernel
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def check_inputs(patcher, positive, latents: torch.Tensor) -> None:
@@ -214,6 +221,7 @@ class _TrainingLoop(comfy.samplers.Sampler):
             self.losses.append(float(loss.detach()))
             if self.on_step:
                 self.on_step(step + 1, s.steps, self.losses[-1])
+        optimizer.zero_grad(set_to_none=True)  # the gradients are not needed past the last step
         return latent_image
 
 
@@ -250,13 +258,12 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
         positive = [[c.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in o.items()}]
                     for c, o in positive]
         latents = latents.clone()
-        start = tuned.effective_weights(model, names)
         adapters = {}
-        for name in names:
-            if settings.trainable == LORA_PRESET and start[name].ndim == 2:
-                adapters[name] = LowRankDelta(start[name], LORA_RANK, generator)
+        for name, value in tuned.effective_weights(model, names).items():
+            if settings.trainable == LORA_PRESET and value.ndim == 2:
+                adapters[name] = LowRankDelta(value, LORA_RANK, generator)
             else:
-                adapters[name] = FullCopy(start[name])
+                adapters[name] = FullCopy(value)
         training = _training_clone(model, adapters, settings.gradient_checkpointing)
         device = training.load_device
         for adapter in adapters.values():
@@ -270,7 +277,10 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
                           disable_pbar=True)
         finally:
             _unload(training)
-        return {name: adapter.delta().cpu() for name, adapter in adapters.items()}, loop.losses
+        full = [name for name, adapter in adapters.items() if isinstance(adapter, FullCopy)]
+        start = tuned.effective_weights(model, full)  # bit-identical to the values training began from
+        deltas = {name: adapter.delta(start.get(name)).cpu() for name, adapter in adapters.items()}
+        return deltas, loop.losses
 
 
 def _training_clone(model, adapters: dict, gradient_checkpointing: bool):

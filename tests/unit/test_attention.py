@@ -162,6 +162,19 @@ def reference_group_norm(x, frames, norm):
     return norm(video).permute(0, 2, 1, 3, 4).reshape(x.shape)
 
 
+def naive_video_group_norm(x, frames, norm):
+    """The definition, one (video, group) at a time: statistics over all its frames' elements."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    per_group = x.shape[1] // norm.num_groups
+    for first in range(0, x.shape[0], frames):
+        for g in range(norm.num_groups):
+            rows, chans = slice(first, first + frames), slice(g * per_group, (g + 1) * per_group)
+            elements = x[rows, chans].double()
+            mean, var = elements.mean(), elements.var(unbiased=False)
+            out[rows, chans] = (elements - mean) / torch.sqrt(var + norm.eps)
+    return out * norm.weight.double().reshape(1, -1, 1, 1) + norm.bias.double().reshape(1, -1, 1, 1)
+
+
 def random_group_norm(groups, channels, dtype):
     norm = torch.nn.GroupNorm(groups, channels).to(dtype)
     with torch.no_grad():
@@ -178,6 +191,7 @@ def test_video_group_norm_matches_5d_group_norm(dtype, tol):
     with torch.no_grad():
         actual = video_group_norm(x, frames, norm)
         torch.testing.assert_close(actual, reference_group_norm(x, frames, norm), rtol=0, atol=tol)
+        torch.testing.assert_close(actual.double(), naive_video_group_norm(x, frames, norm), rtol=0, atol=tol)
     assert actual.dtype == dtype
 
 

@@ -1,0 +1,170 @@
+"""Side by side with the official Tune-A-Video code (showlab/Tune-A-Video), on the same machine.
+
+Bring your own checkout of the official code and an environment it runs in (its requirements:
+diffusers 0.11.1, transformers, accelerate, decord, omegaconf, einops), then:
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/compare_official.py \
+        --official /path/to/Tune-A-Video --python /path/to/its/venv/bin/python
+
+Equal work: random weights in the SD1.5 architecture, the same frames and size, fp32, batch 1.
+Each job is a fresh process (ours: bench/worker.py; official: bench/official.py run from the
+checkout), and the implementations alternate (forward, then reversed order, over rounds) so that the
+load of a shared machine falls on all of them. Ours runs twice: with ComfyUI's default attention
+backend and with its PyTorch SDPA backend (`--use-pytorch-cross-attention`).
+Writes bench/results/official-<timestamp>.json and .md. Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from run import HERE, RESULTS, ROOT, fmt, run_worker
+
+COMFYUI = Path(os.environ.get("COMFYUI_DIR", ROOT / ".comfyui"))
+DEFAULT_CLIP = ROOT.parent / "shared" / "videos" / "man-skiing.mp4"
+
+# (key, our spec, official spec); "gc" is gradient checkpointing. The official code's reentrant
+# checkpointing leaves the down blocks untrained, so only its GC-off run trains every chosen tensor.
+JOBS = (
+    ("tune_gc_on", {"task": "tune", "gc": True}),
+    ("tune_gc_off", {"task": "tune", "gc": False}),
+    ("sample", {"task": "sample", "naive": False, "bf16": False}),
+)
+
+
+def job_median(results: list[dict], *path) -> float | None:
+    values = []
+    for r in results:
+        for key in path:
+            r = r.get(key, {}) if isinstance(r, dict) else {}
+        if isinstance(r, (int, float)):
+            values.append(r)
+    return statistics.median(values) if values else None
+
+
+# Our implementation under ComfyUI's default CPU attention backend (sub-quadratic) and under its
+# PyTorch SDPA backend (`--use-pytorch-cross-attention`, ComfyUI's default on NVIDIA GPUs).
+OURS = {"ours": {}, "ours_sdpa": {"attention": "pytorch"}}
+
+
+def summarise(runs: dict, ours_key: str) -> list[dict]:
+    def row(label, ours_job, ours_path, official_job, official_path, target):
+        ours = job_median(runs[ours_key][ours_job], *ours_path)
+        official = job_median(runs["official"][official_job], *official_path)
+        ratio = ours / official if ours and official else None
+        return {"what": label, "ours": ours, "official": official, "ratio": ratio, "target": target}
+
+    s, mb = ("median_s",), ("peak_mb",)
+    return [
+        row("tune s/step, every chosen tensor trained (ours GC on vs official GC off)",
+            "tune_gc_on", s, "tune_gc_off", s, 0.75),
+        row("tune s/step, GC off both", "tune_gc_off", s, "tune_gc_off", s, 0.75),
+        row("tune s/step, GC on both (official: down blocks untrained)", "tune_gc_on", s, "tune_gc_on", s, None),
+        row("tune peak MB, GC on both", "tune_gc_on", mb, "tune_gc_on", mb, 1.0),
+        row("tune peak MB, GC off both", "tune_gc_off", mb, "tune_gc_off", mb, 1.0),
+        row("tune peak MB, every chosen tensor trained (ours GC on vs official GC off)",
+            "tune_gc_on", mb, "tune_gc_off", mb, 1.0),
+        row("CFG sample s/step", "sample", ("cfg_fp32", "median_s"), "sample", ("cfg_fp32", "median_s"), 1.0),
+        row("CFG sample peak MB", "sample", ("cfg_fp32", "peak_mb"), "sample", ("cfg_fp32", "peak_mb"), 1.0),
+        row("DDIM invert s/step", "sample", ("invert", "median_s"), "sample", ("invert", "median_s"), None),
+    ]
+
+
+def markdown(meta: dict, summaries: dict, runs: dict) -> str:
+    lines = [f"# Ours vs official Tune-A-Video, {meta['timestamp']}", "",
+             f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 on {meta['device']}, random SD1.5 "
+             f"weights, batch 1; {meta['steps']} timed steps after 1 warm-up per job, {meta['rounds']} rounds "
+             f"alternating the order; medians over rounds of per-job medians. Load average "
+             f"{meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end. Official: {meta['official_versions']}.",
+             "Peak memory: growth of the process's peak RSS from just before the first training step (or "
+             "sampling call), models already loaded."]
+    for ours_key, rows in summaries.items():
+        lines += ["", f"`{ours_key}` (attention backend {meta['attention_backends'].get(ours_key)}):", "",
+                  "| measurement | ours | official | ours / official | target |", "|---|---|---|---|---|"]
+        for r in rows:
+            target = f"≤ {r['target']:.2f}×" if r["target"] else "–"
+            met = "" if r["ratio"] is None or r["target"] is None else (" ✓" if r["ratio"] <= r["target"] else " ✗")
+            lines.append(f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['official'])} | {fmt(r['ratio'])}{met} | "
+                         f"{target} |")
+    lines += ["", "Per-job medians in run order (s/step or MB):", ""]
+    for impl in runs:
+        for key, _ in JOBS:
+            parts = []
+            for r in runs[impl][key]:
+                if "error" in r:
+                    parts.append(f"ERROR {r['error'][:120]}")
+                elif key == "sample":
+                    parts.append(f"{fmt(r['cfg_fp32']['median_s'])} s / invert {fmt(r['invert']['median_s'])} s "
+                                 f"(load {r['load_avg_before']:.1f})")
+                else:
+                    parts.append(f"{fmt(r['median_s'])} s, {fmt(r['peak_mb'], 0)} MB (load {r['load_avg_before']:.1f})")
+            lines.append(f"- {impl} {key}: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official", type=Path, required=True, help="checkout of showlab/Tune-A-Video")
+    parser.add_argument("--python", required=True, help="python of an environment the official code runs in")
+    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="video the official script tunes on")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default=None, help="comma-separated job keys (tune_gc_on,tune_gc_off,sample)")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args(argv)
+
+    if not (args.official / "train_tuneavideo.py").exists():
+        parser.error(f"{args.official} is not a Tune-A-Video checkout (no train_tuneavideo.py)")
+    if not args.clip.exists():
+        parser.error(f"clip not found: {args.clip}")
+    import torch
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    cache = ROOT / ".cache" / "bench-official"
+    cache.mkdir(parents=True, exist_ok=True)
+    base = {"frames": args.frames, "size": args.size, "steps": args.steps}
+    official_extra = {"clip": str(args.clip.resolve()), "cache": str(cache),
+                      "tokenizer": str(COMFYUI / "comfy" / "sd1_tokenizer")}
+    jobs = [(k, s) for k, s in JOBS if not args.only or k in args.only.split(",")]
+    runs = {impl: {k: [] for k, _ in JOBS} for impl in (*OURS, "official")}
+    meta = {"timestamp": stamp, "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, **base, "rounds": args.rounds,
+            "official_dir": str(args.official), "load_start": os.getloadavg()[0]}
+
+    meta["attention_backends"] = {}
+
+    def run(impl, key, spec):
+        if impl in OURS:
+            result = run_worker({**spec, **base, **OURS[impl]}, args.timeout)
+            meta["attention_backends"].setdefault(impl, result.get("attention_backend"))
+        else:
+            result = run_worker({**spec, **base, **official_extra}, args.timeout, python=args.python,
+                                script=HERE / "official.py", cwd=args.official)
+            meta.setdefault("official_versions", result.get("versions"))
+        runs[impl][key].append(result)
+
+    for round_index in range(args.rounds):
+        order = (*OURS, "official")
+        for key, spec in jobs:
+            for impl in (order if round_index % 2 == 0 else order[::-1]):
+                run(impl, key, spec)
+    meta["load_end"] = os.getloadavg()[0]
+    summaries = {ours_key: summarise(runs, ours_key) for ours_key in OURS}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"official-{stamp}.json"
+    out.write_text(json.dumps({"meta": meta, "summary": summaries, "runs": runs}, indent=1))
+    md = markdown(meta, summaries, runs)
+    (RESULTS / f"official-{stamp}.md").write_text(md)
+    print(md)
+    print(f"[bench] wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
