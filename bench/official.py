@@ -23,28 +23,9 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from rss import RssPeak, status_bytes  # bench/ is this script's own folder, first on sys.path
+
 SEED = 33
-
-
-# ---------------------------------------------------------------------------------------- memory
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class PeakMemory:
-    """VmHWM growth from `reset()` (same method as bench/worker.py on CPU)."""
-
-    def reset(self):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.base = _status_bytes("VmRSS")
-
-    def growth_mb(self) -> float:
-        return (_status_bytes("VmHWM") - self.base) / 2**20
 
 
 # ------------------------------------------------------------------------------- random SD1.5
@@ -105,7 +86,7 @@ def task_tune(spec, folder: Path):
     from omegaconf import OmegaConf
 
     total = 1 + spec["steps"]
-    marks, memory = [], PeakMemory()
+    marks, memory = [], RssPeak()
 
     def first_forward(module, args):
         # The first module call of the first training step: the models are loaded by then.
@@ -140,7 +121,7 @@ def task_tune(spec, folder: Path):
     times = [b - a for a, b in zip(marks, marks[1:])]
     return {"step_seconds": times, "median_s": statistics.median(times), "peak_mb": memory.growth_mb(),
             "memory_method": "VmHWM after clear_refs, reset at the first module call of step 1",
-            "rss_at_reset_mb": memory.base / 2**20, "vm_hwm_mb": _status_bytes("VmHWM") / 2**20}
+            "rss_at_reset_mb": memory.base / 2**20, "vm_hwm_mb": status_bytes("VmHWM") / 2**20}
 
 
 def _pipeline(folder: Path):
@@ -172,7 +153,7 @@ def task_sample(spec, folder: Path):
     steps, frames, size = spec["steps"], spec["frames"], spec["size"]
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, frames, size // 8, size // 8, generator=g)
-    memory, out = PeakMemory(), {}
+    memory, out = RssPeak(), {}
 
     marks = []
     memory.reset()

@@ -2,7 +2,7 @@
 
 Run by bench/run.py as `python bench/worker.py '<json spec>'`; prints one JSON line prefixed with
 RESULT: on stdout. Never a test. Nothing here changes tav_core: alternative code paths (naive
-attention, weights converted once, single GroupNorm) are bench-only patches on model clones.
+attention, single GroupNorm, another attention backend) are bench-only patches or settings.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from rss import RssPeak, status_bytes  # bench/, this script's folder, is first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +38,7 @@ def load_comfy(attention: str | None = None):
     elif attention is not None:
         raise ValueError(f"unknown attention backend {attention!r}")
     load_comfy_with_pack()
-    return pack_core("attention", "inflate", "sampling", "tuned", "tuning")
+    return pack_core("attention", "checkpointing", "inflate", "sampling", "tuned", "tuning")
 
 
 def load_model(size: str):
@@ -74,40 +75,25 @@ def sync():
 
 
 # ---------------------------------------------------------------------------------------- memory
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class PeakMemory:
-    """Peak memory growth from `reset()`: CUDA max_memory_allocated, or the process's VmHWM.
-
-    On CPU, VmHWM is reset to the current RSS by writing 5 to /proc/self/clear_refs (Linux >= 4.0);
-    where that is refused, the growth is VmHWM minus the RSS at reset (an upper bound).
-    """
+    """Peak memory growth from `reset()`: CUDA max_memory_allocated, or the process's peak RSS."""
 
     def reset(self):
         sync()
         if device().type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
+            self.method = "cuda max_memory_allocated"
             return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.method = "VmHWM after clear_refs"
-        except OSError:
-            self.method = "VmHWM - VmRSS (no clear_refs)"
-        self.base = _status("VmRSS")
+        self.rss = RssPeak()
+        self.rss.reset()
+        self.base, self.method = self.rss.base, self.rss.method
 
     def growth_mb(self) -> float:
         sync()
         if device().type == "cuda":
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (_status("VmHWM") - self.base) / 2**20
+        return self.rss.growth_mb()
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -211,7 +197,9 @@ def timed_tune(core, inflated, latents, positive, steps, gc, flop_step=False, pr
         if mode is not None and step == total:
             mode.__exit__(None, None, None)
 
-    settings = core.tuning.TuneSettings(steps=total, gradient_checkpointing=gc,
+    # gc: True (every block), False, or "highest" (only the highest-resolution blocks)
+    blocks = core.checkpointing.HIGHEST_RESOLUTION if gc == "highest" else core.checkpointing.ALL_BLOCKS
+    settings = core.tuning.TuneSettings(steps=total, gradient_checkpointing=bool(gc), checkpoint_blocks=blocks,
                                         precision=precision or ("fp32" if device().type == "cpu" else "auto"))
     with torch.inference_mode():
         result = core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
@@ -275,15 +263,17 @@ def task_tune(spec):
     core, _, inflated, latents = common(spec)
     memory = PeakMemory()
     memory.reset()
+    count_flops = spec.get("flops", True)  # the FLOP-counted step is one more step: skip it for huge configs
     times, mode, result, peak_mb = timed_tune(core, inflated, latents, conditioning(0), spec["steps"], spec["gc"],
-                                              flop_step=True, memory=memory)
-    return {"step_seconds": times, "median_s": median(times), "peak_mb": peak_mb,
-            "peak_mb_incl_flop_step": memory.growth_mb(),
-            "memory_method": getattr(memory, "method", "cuda max_memory_allocated"),
-            "rss_at_reset_mb": memory.base / 2**20, "vm_hwm_mb": _status("VmHWM") / 2**20,
-            "attention_backend": attention_backend(),
-            "flops": mode.get_total_flops(), "flops_by_op": flops_by_op(mode),
-            "losses": result.losses}
+                                              flop_step=count_flops, memory=memory)
+    out = {"step_seconds": times, "median_s": median(times), "peak_mb": peak_mb,
+           "peak_mb_incl_flop_step": memory.growth_mb(),
+           "memory_method": memory.method,
+           "rss_at_reset_mb": memory.base / 2**20, "vm_hwm_mb": status_bytes("VmHWM") / 2**20,
+           "attention_backend": attention_backend(), "losses": result.losses}
+    if count_flops:
+        out.update(flops=mode.get_total_flops(), flops_by_op=flops_by_op(mode))
+    return out
 
 
 def _sample(core, model, latents, positive, negative):
@@ -336,7 +326,7 @@ def task_sample(spec):
             _sample(core, naive, latents, positive, negative)(1, None)
         out["cfg_naive_full_attention"]["flops"] = mode.get_total_flops()
     out["attention_backend"] = attention_backend()
-    out["memory_method"] = getattr(memory, "method", "cuda max_memory_allocated")
+    out["memory_method"] = memory.method
     out["memory_note"] = "one process, modes in sequence; peak reset before each"
     return out
 

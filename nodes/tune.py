@@ -6,7 +6,7 @@ import torch
 from comfy.utils import ProgressBar
 from comfy_api.latest import io, ui
 
-from ..tav_core import inflate, plot, tuning
+from ..tav_core import checkpointing, inflate, plot, tuning
 
 PREFIX = "One-Shot Tune (Tune-A-Video): "
 LOSS_EVENT = "tuneavideo.loss"  # web/js draws the live loss curve from these messages
@@ -50,6 +50,11 @@ class OneShotTune(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=defaults.gradient_checkpointing,
                                  tooltip="Recompute activations in the backward pass: much less memory, about "
                                          "a third more time. Every chosen tensor still trains."),
+                io.Combo.Input("checkpoint_blocks", options=list(checkpointing.SCOPES),
+                               default=defaults.checkpoint_blocks,
+                               tooltip="With gradient_checkpointing on, which blocks recompute. All blocks: "
+                                       "the least memory. Highest-resolution blocks: only the first level, "
+                                       "which holds most of the activations; faster, for a little more memory."),
                 io.Combo.Input("precision", options=list(tuning.PRECISIONS), default=defaults.precision,
                                tooltip="auto: bf16 autocast on GPUs that support it, else fp32. fp16 uses a "
                                        "gradient scaler."),
@@ -70,10 +75,10 @@ class OneShotTune(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, learning_rate, seed, trainable, gradient_checkpointing,
-                precision, optimizer, cache) -> io.NodeOutput:
+                checkpoint_blocks, precision, optimizer, cache) -> io.NodeOutput:
         settings = tuning.TuneSettings(steps=steps, learning_rate=learning_rate, seed=seed, trainable=trainable,
-                                       gradient_checkpointing=gradient_checkpointing, precision=precision,
-                                       optimizer=optimizer)
+                                       gradient_checkpointing=gradient_checkpointing,
+                                       checkpoint_blocks=checkpoint_blocks, precision=precision, optimizer=optimizer)
         progress = ProgressBar(steps)
         node_id = cls.hidden.unique_id
 

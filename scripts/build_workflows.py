@@ -139,7 +139,8 @@ def api_workflow(comfy_nodes, wf: Workflow) -> dict:
 SOURCE_PROMPT = "a man is skiing"
 EDIT_PROMPT = "Spider-Man is skiing on the beach, cartoon style"
 TUNE = {"steps": 500, "learning_rate": 3e-5, "seed": 33, "trainable": "paper (attn1.to_q, attn2.to_q, attn_temp)",
-        "gradient_checkpointing": True, "precision": "auto", "optimizer": "AdamW", "cache": False}
+        "gradient_checkpointing": True, "checkpoint_blocks": "all blocks", "precision": "auto", "optimizer": "AdamW",
+        "cache": False}
 SAMPLE = {"steps": 50, "cfg": 12.5, "seed": 33, "eta": 0.0}
 CLIP = {"video": DEMO_CLIP, "frame_count": 24, "start_frame": 0, "frame_stride": 2, "width": 512, "height": 512,
         "resize_mode": "center crop"}

@@ -44,8 +44,26 @@ def checkpointed_view(module: torch.nn.Module) -> torch.nn.Module:
     return view
 
 
-def add_checkpointing(patcher) -> None:
-    """Object-patch every ResBlock and SpatialTransformer of the UNet with a checkpointed view."""
-    for path, module in patcher.model.diffusion_model.named_modules():
-        if type(module) in (ResBlock, SpatialTransformer):
+ALL_BLOCKS = "all blocks"
+HIGHEST_RESOLUTION = "highest-resolution blocks"
+SCOPES = (ALL_BLOCKS, HIGHEST_RESOLUTION)
+
+
+def _width(module) -> int:
+    return module.out_channels if isinstance(module, ResBlock) else module.in_channels
+
+
+def add_checkpointing(patcher, scope: str = ALL_BLOCKS) -> None:
+    """Object-patch the UNet's ResBlocks and SpatialTransformers with checkpointed views.
+
+    HIGHEST_RESOLUTION checkpoints only the blocks of the first level (those as wide as the UNet's
+    `model_channels`): they hold most of the activations (their token count is 4x the next level's)
+    for a fraction of the recomputation.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown checkpointing scope {scope!r}; choose one of {SCOPES}")
+    unet = patcher.model.diffusion_model
+    for path, module in unet.named_modules():
+        if type(module) in (ResBlock, SpatialTransformer) and (
+                scope == ALL_BLOCKS or _width(module) == unet.model_channels):
             patcher.add_object_patch(f"diffusion_model.{path}", checkpointed_view(module))

@@ -52,6 +52,7 @@ class TuneSettings:
     seed: int = 0
     trainable: str = next(iter(PRESETS))
     gradient_checkpointing: bool = True
+    checkpoint_blocks: str = checkpointing.ALL_BLOCKS  # which blocks, when checkpointing is on
     precision: str = "auto"
     optimizer: str = "AdamW"
     # The official optimiser settings.
@@ -264,7 +265,8 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
                 adapters[name] = LowRankDelta(value, LORA_RANK, generator)
             else:
                 adapters[name] = FullCopy(value)
-        training = _training_clone(model, adapters, settings.gradient_checkpointing)
+        training = _training_clone(model, adapters,
+                                   settings.checkpoint_blocks if settings.gradient_checkpointing else None)
         device = training.load_device
         for adapter in adapters.values():
             adapter.to(device)
@@ -283,8 +285,10 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
         return deltas, loop.losses
 
 
-def _training_clone(model, adapters: dict, gradient_checkpointing: bool):
-    """A clone whose forward pass uses the adapters, and only ordinary (non-inference) weights."""
+def _training_clone(model, adapters: dict, checkpoint_blocks: str | None):
+    """A clone whose forward pass uses the adapters, and only ordinary (non-inference) weights.
+
+    `checkpoint_blocks`: a checkpointing scope (checkpointing.SCOPES), or None for no checkpointing."""
     training = model.clone()
     layers = inflate.temporal_patcher(model).clone()
     training.set_additional_models(inflate.KEY, [layers])
@@ -295,8 +299,8 @@ def _training_clone(model, adapters: dict, gradient_checkpointing: bool):
             training.add_weight_wrapper(name, adapter)
     for owner in (training, layers):
         owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
-    if gradient_checkpointing:
-        checkpointing.add_checkpointing(training)
+    if checkpoint_blocks is not None:
+        checkpointing.add_checkpointing(training, checkpoint_blocks)
     return training
 
 

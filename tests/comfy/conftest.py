@@ -30,7 +30,8 @@ def input_dir(tmp_path):
 @pytest.fixture(scope="session")
 def core(pack):
     """The pack's tav_core modules, as imported by ComfyUI (so class identities match the nodes')."""
-    return pack_core("attention", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned", "tuning",
+    return pack_core("attention", "checkpointing", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned",
+                     "tuning",
                      "video", "weights")
 
 

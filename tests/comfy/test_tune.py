@@ -60,15 +60,45 @@ def test_checkpointing_trains_every_chosen_tensor_and_nothing_else(sd15, core, c
     assert all(torch.equal(before[k], v) for k, v in unet_and_temporal_weights(core, inflated).items())
 
 
-def test_checkpointing_gives_the_same_weights_as_plain_backward(sd15, core, clip_inputs):
+@pytest.mark.parametrize("blocks", ["all blocks", "highest-resolution blocks"])
+def test_checkpointing_gives_the_same_weights_as_plain_backward(sd15, core, clip_inputs, blocks):
     inflated = core.inflate.inflate(sd15[0], seed=0)
     names = core.tuning.trainable_names(inflated, PAPER)
     plain = core.tuned.effective_weights(tune(core, inflated, clip_inputs, gradient_checkpointing=False).model,
                                          names)
     checkpointed = core.tuned.effective_weights(
-        tune(core, inflated, clip_inputs, gradient_checkpointing=True).model, names)
+        tune(core, inflated, clip_inputs, gradient_checkpointing=True, checkpoint_blocks=blocks).model, names)
     for name in names:
         assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+def test_highest_resolution_checkpointing_covers_only_the_first_level(sd15, core):
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    unet = sd15[0].model.diffusion_model
+    blocks = {f"diffusion_model.{path}": m for path, m in unet.named_modules()
+              if type(m) in (ResBlock, SpatialTransformer)}
+    patched = {}
+    for scope in core.checkpointing.SCOPES:
+        clone = sd15[0].clone()
+        core.checkpointing.add_checkpointing(clone, scope)
+        patched[scope] = set(clone.object_patches)
+    assert patched["all blocks"] == set(blocks)
+    # The blocks that see the latent's full resolution, found by running the UNet once.
+    full_size = set()
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: full_size.add(name) if args[0].shape[-1] == 8
+                                         else None) for name, m in blocks.items()]
+    try:
+        with torch.inference_mode():
+            unet(torch.zeros(1, 4, 8, 8), timesteps=torch.tensor([10.0]), context=torch.zeros(1, 77, 768))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert patched["highest-resolution blocks"] == full_size
+    assert 0 < len(full_size) < len(blocks)
+    with pytest.raises(ValueError, match="unknown checkpointing scope"):
+        core.checkpointing.add_checkpointing(sd15[0].clone(), "every other block")
 
 
 def test_same_seed_same_weights(sd15, core, clip_inputs):

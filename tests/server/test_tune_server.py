@@ -15,6 +15,7 @@ def tune_prompt(checkpoint: str, steps: int) -> dict:
         "5": {"class_type": "TAVOneShotTune", "inputs": {
             "model": ["1", 0], "positive": ["4", 0], "latent": ["3", 0], "steps": steps, "learning_rate": 1e-3,
             "seed": 0, "trainable": "paper (attn1.to_q, attn2.to_q, attn_temp)", "gradient_checkpointing": True,
+            "checkpoint_blocks": "all blocks",
             "precision": "auto", "optimizer": "AdamW", "cache": False}},
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
