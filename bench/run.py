@@ -207,6 +207,9 @@ def main(argv=None):
     parser.add_argument("--no-bf16", action="store_true")
     parser.add_argument("--naive-max-tokens", type=int, default=16384,
                         help="skip the naive baseline where F x (size/8)^2 exceeds this (its cost is quadratic)")
+    parser.add_argument("--flop-max-tokens", type=int, default=16384,
+                        help="count tune FLOPs (one more step, under torch's FlopCounterMode, which holds "
+                             "more memory) only where F x (size/8)^2 is at most this")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     args = parser.parse_args(argv)
 
@@ -234,11 +237,12 @@ def main(argv=None):
             cfg = {"size": size, "frames": f}
             base = {"frames": f, "size": size, "steps": steps,
                     **({"attention": args.attention} if args.attention != "default" else {})}
+            tune = {**base, "flops": f * (size // 8) ** 2 <= args.flop_max_tokens}
             if not args.no_tune:
                 if args.gc in ("both", "on"):
-                    cfg["tune_gc_on"] = run_worker({"task": "tune", **base, "gc": True}, args.timeout)
+                    cfg["tune_gc_on"] = run_worker({"task": "tune", **tune, "gc": True}, args.timeout)
                 if args.gc in ("both", "off"):
-                    cfg["tune_gc_off"] = run_worker({"task": "tune", **base, "gc": False}, args.timeout)
+                    cfg["tune_gc_off"] = run_worker({"task": "tune", **tune, "gc": False}, args.timeout)
             naive = not args.no_naive and f * (size // 8) ** 2 <= args.naive_max_tokens
             cfg["sample"] = run_worker({"task": "sample", **base, "naive": naive, "bf16": not args.no_bf16},
                                        args.timeout)
