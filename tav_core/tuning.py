@@ -97,7 +97,7 @@ class FullCopy(torch.nn.Module):
         return self.value.to(weight.dtype)
 
     def delta(self, start: torch.Tensor) -> torch.Tensor:
-        return self.value.detach() - start
+        return self.value.detach() - start.to(self.value.device)  # the base may be offloaded by now
 
 
 class LowRankDelta(torch.nn.Module):
