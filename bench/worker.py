@@ -282,11 +282,22 @@ def _sample(core, model, latents, positive, negative):
     return run
 
 
-def task_sample(spec):
+def _invert(core, model, latents, negative):
+    def run(steps, callback):
+        return core.sampling.ddim_invert(model, latents, negative, steps, callback)
+    return run
+
+
+def sampling_setup(spec):
+    """The common setup plus non-zero temporal layers and cond/uncond: (core, inflated, latents, +, -)."""
     core, _, inflated, latents = common(spec)
     with torch.inference_mode():
         randomise_temporal(core, inflated)
-    positive, negative = conditioning(0), conditioning(1)
+    return core, inflated, latents, conditioning(0), conditioning(1)
+
+
+def task_sample(spec):
+    core, inflated, latents, positive, negative = sampling_setup(spec)
     steps = spec["steps"]
     memory = PeakMemory()
     out = {}
@@ -307,11 +318,8 @@ def task_sample(spec):
     out["cfg_fp32"]["flops"] = mode.get_total_flops()
     out["cfg_fp32"]["flops_by_op"] = flops_by_op(mode)
 
-    def invert(steps, callback):
-        return core.sampling.ddim_invert(inflated, latents, negative, steps, callback)
-
     memory.reset()
-    times, _ = timed_sampler(invert, steps)
+    times, _ = timed_sampler(_invert(core, inflated, latents, negative), steps)
     out["invert"] = {"step_seconds": times, "median_s": median(times), "peak_mb": memory.growth_mb()}
 
     if spec.get("bf16", True):
@@ -403,17 +411,11 @@ def task_profile(spec):
     (results_dir / "profile_sample.txt").write_text(
         prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
-    steps = spec["steps"]
-
-    def invert_with(m):
-        def run(n, callback):
-            return core.sampling.ddim_invert(m, latents, negative, n, callback)
-        return run
-
     # 3. video GroupNorm: hooked GroupNorms compute their own output, which the hook discards
-    base_t, base_out = timed_sampler(invert_with(inflated), steps)
+    invert = _invert(core, inflated, latents, negative)
+    base_t, base_out = timed_sampler(invert, spec["steps"])
     with single_group_norm(core, inflated) as count:
-        single_t, single_out = timed_sampler(invert_with(inflated), steps)
+        single_t, single_out = timed_sampler(invert, spec["steps"])
     out["video_groupnorm_forward"] = {
         "double_s": median(base_t), "single_s": median(single_t), "double_all": base_t, "single_all": single_t,
         "hooked_norms": count, "same_output_rel_error": relative_error(single_out, base_out)}
@@ -422,10 +424,7 @@ def task_profile(spec):
 
 def task_ab(spec):
     """Ordering check: sparse-causal and naive CFG sampling steps interleaved in one process."""
-    core, _, inflated, latents = common(spec)
-    with torch.inference_mode():
-        randomise_temporal(core, inflated)
-    positive, negative = conditioning(0), conditioning(1)
+    core, inflated, latents, positive, negative = sampling_setup(spec)
     naive = naive_model(core, inflated)
     out = {"order": [], "sparse": [], "naive": []}
     for name in ("sparse", "naive", "sparse", "naive"):
