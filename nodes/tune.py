@@ -76,9 +76,13 @@ class OneShotTune(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, steps, learning_rate, seed, trainable, gradient_checkpointing,
                 checkpoint_blocks, precision, optimizer, cache) -> io.NodeOutput:
-        settings = tuning.TuneSettings(steps=steps, learning_rate=learning_rate, seed=seed, trainable=trainable,
-                                       gradient_checkpointing=gradient_checkpointing,
-                                       checkpoint_blocks=checkpoint_blocks, precision=precision, optimizer=optimizer)
+        try:
+            settings = tuning.TuneSettings(steps=steps, learning_rate=learning_rate, seed=seed, trainable=trainable,
+                                           gradient_checkpointing=gradient_checkpointing,
+                                           checkpoint_blocks=checkpoint_blocks, precision=precision,
+                                           optimizer=optimizer)
+        except tuning.TuneError as e:
+            raise ValueError(PREFIX + str(e)) from e
         progress = ProgressBar(steps)
         node_id = cls.hidden.unique_id
 

@@ -61,6 +61,12 @@ class TuneSettings:
     eps: float = 1e-8
     max_grad_norm: float = 1.0
 
+    def __post_init__(self):
+        for name, choices in (("trainable", PRESETS), ("checkpoint_blocks", checkpointing.SCOPES),
+                              ("precision", PRECISIONS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise TuneError(f"unknown {name} {getattr(self, name)!r}; choose one of {list(choices)}.")
+
 
 @dataclass
 class TuneResult:

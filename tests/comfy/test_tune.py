@@ -199,3 +199,9 @@ def test_the_loss_is_the_papers_objective(sd15, core, clip_inputs, v_pred):
     target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
     expected = torch.nn.functional.mse_loss(out, target.double()).item()
     assert result.losses[0] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("setting", ["trainable", "checkpoint_blocks", "precision", "optimizer"])
+def test_unknown_choices_are_refused(core, setting):
+    with pytest.raises(core.tuning.TuneError, match=f"unknown {setting} 'nonsense'"):
+        core.tuning.TuneSettings(**{setting: "nonsense"})

@@ -1,10 +1,12 @@
 """One-Shot Tune through a real server: progress with the loss, interrupts, and recovery."""
 import pytest
 
+from tav_core.testing.server import ExecutionError
+
 SERVER_CLIP = "clip.mp4"
 
 
-def tune_prompt(checkpoint: str, steps: int) -> dict:
+def tune_prompt(checkpoint: str, steps: int, checkpoint_blocks: str = "all blocks") -> dict:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
         "2": {"class_type": "TAVLoadVideo", "inputs": {"video": SERVER_CLIP, "frame_count": 4, "start_frame": 0,
@@ -15,7 +17,7 @@ def tune_prompt(checkpoint: str, steps: int) -> dict:
         "5": {"class_type": "TAVOneShotTune", "inputs": {
             "model": ["1", 0], "positive": ["4", 0], "latent": ["3", 0], "steps": steps, "learning_rate": 1e-3,
             "seed": 0, "trainable": "paper (attn1.to_q, attn2.to_q, attn_temp)", "gradient_checkpointing": True,
-            "checkpoint_blocks": "all blocks",
+            "checkpoint_blocks": checkpoint_blocks,
             "precision": "auto", "optimizer": "AdamW", "cache": False}},
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
@@ -45,3 +47,18 @@ def test_interrupt_mid_tune_then_a_new_prompt_runs(server, tiny_checkpoint):
     assert interrupted and interrupted[0] < 500
     history = server.run(tune_prompt(tiny_checkpoint.name, 2), timeout=300)
     assert history["status"]["status_str"] == "success"
+
+
+def test_tune_checkpointing_only_the_highest_resolution_blocks(server, tiny_checkpoint):
+    losses = []
+    history = server.run(tune_prompt(tiny_checkpoint.name, 2, "highest-resolution blocks"), timeout=300,
+                         on_message=lambda kind, data: losses.append(data) if kind == "tuneavideo.loss" else None)
+    assert history["status"]["status_str"] == "success"
+    assert [d["step"] for d in losses] == [1, 2] and all(d["loss"] > 0 for d in losses)
+
+
+def test_unknown_checkpoint_blocks_gets_a_clear_error(server, tiny_checkpoint):
+    # ComfyUI 0.3.75 does not check V3 combo values when queueing; the node names the bad input.
+    with pytest.raises(ExecutionError, match="unknown checkpoint_blocks 'every other block'"):
+        server.run(tune_prompt(tiny_checkpoint.name, 2, "every other block"), timeout=300)
+    assert server.run(tune_prompt(tiny_checkpoint.name, 1), timeout=300)["status"]["status_str"] == "success"
