@@ -265,7 +265,8 @@ def task_tune(spec):
     memory.reset()
     count_flops = spec.get("flops", True)  # the FLOP-counted step is one more step: skip it for huge configs
     times, mode, result, peak_mb = timed_tune(core, inflated, latents, conditioning(0), spec["steps"], spec["gc"],
-                                              flop_step=count_flops, memory=memory)
+                                              flop_step=count_flops, precision=spec.get("precision"),
+                                              memory=memory)
     out = {"step_seconds": times, "median_s": median(times), "peak_mb": peak_mb,
            "peak_mb_incl_flop_step": memory.growth_mb(),
            "memory_method": memory.method,

@@ -56,8 +56,10 @@ class OneShotTune(io.ComfyNode):
                                        "the least memory. Highest-resolution blocks: only the first level, "
                                        "which holds most of the activations; faster, for a little more memory."),
                 io.Combo.Input("precision", options=list(tuning.PRECISIONS), default=defaults.precision,
-                               tooltip="auto: bf16 autocast on GPUs that support it, else fp32. fp16 uses a "
-                                       "gradient scaler."),
+                               tooltip="Compute precision of training; the trained copies and the optimiser state "
+                                       "stay fp32 whatever the model's dtype. auto: bf16 autocast on GPUs "
+                                       "that support it and on CPUs with bf16 matrix units (AMX), else fp32. "
+                                       "fp16 uses a gradient scaler."),
                 io.Combo.Input("optimizer", options=list(tuning.OPTIMIZERS), default=defaults.optimizer,
                                tooltip="AdamW as the official code (betas 0.9/0.999, weight decay 1e-2); "
                                        "AdamW 8-bit needs bitsandbytes."),

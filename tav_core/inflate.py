@@ -82,14 +82,13 @@ class TemporalLayers(torch.nn.Module):
     checkpoint names through ComfyUI's UNet key map.
     """
 
-    def __init__(self, blocks, dtype, device, seed: int):
+    def __init__(self, blocks, dtype, device, seed: int, operations):
         super().__init__()
         self.paths = [path for path, _, _ in blocks]
         generator = torch.Generator(device="cpu").manual_seed(seed)
         for path, block, _ in blocks:
             layer = TemporalAttention(block.attn1.to_q.in_features, block.n_heads, block.d_head,
-                                      dtype=torch.float32, device="cpu",
-                                      operations=comfy.ops.disable_weight_init)
+                                      dtype=torch.float32, device="cpu", operations=operations)
             layer.reset_parameters(generator)  # on CPU in float32: the same seed, the same weights
             self._place(path, layer.to(device=device, dtype=dtype))
         self.requires_grad_(False)  # like ComfyUI's models; tuning enables what it trains
@@ -235,9 +234,14 @@ def inflate(patcher, seed: int = 0, video_norm: bool = True):
         raise InflateError(
             "Tune-A-Video needs a UNet built from transformer blocks (SD1.x, SD2.x, SDXL); this "
             f"{type(patcher.model).__name__} has none. Connect an SD1.x, SD2.x or SDXL model.")
-    layers = TemporalLayers(blocks, dtype=diffusion_model.dtype, device=patcher.offload_device, seed=seed)
+    layers = TemporalLayers(blocks, dtype=patcher.model.get_dtype(), device=patcher.offload_device, seed=seed,
+                            operations=layer_operations(patcher))
     layer_patcher = comfy.model_patcher.ModelPatcher(layers, load_device=patcher.load_device,
                                                      offload_device=patcher.offload_device)
+    # Cast per operation to the input's dtype, which is the surrounding block's compute dtype: it may
+    # change after inflation (core ModelComputeDtype, a compute-dtype object patch), and where it
+    # equals the storage dtype casting costs nothing.
+    layer_patcher.force_cast_weights = True
     model.set_additional_models(KEY, [layer_patcher])
     attn1 = SparseCausalAttn1()
     for _, _, patch_key in blocks:
@@ -248,6 +252,21 @@ def inflate(patcher, seed: int = 0, video_norm: bool = True):
                                _check_and_publish_frames)
     model.model_options["transformer_options"][VIDEO_NORM_OPTION] = video_norm
     return model
+
+
+def layer_operations(patcher):
+    """The comfy.ops family for the added layers, picked as ComfyUI picks the UNet's own.
+
+    Storage dtype and compute dtype are the model's, so that where ComfyUI stores the UNet in one
+    dtype and computes in another (fp8 weights, bf16 on a card without bf16, --bf16-unet on a CPU)
+    the temporal layers cast per operation exactly like the layers around them, and lowvram
+    loading can cast them too. The quantised families (scaled fp8, mixed precision) are not
+    offered: they expect per-layer scales that freshly initialised layers do not have; manual
+    casting from the storage dtype computes the same thing.
+    """
+    model = patcher.model
+    return comfy.ops.pick_operations(model.get_dtype(), model.manual_cast_dtype, load_device=patcher.load_device,
+                                     disable_fast_fp8=True)
 
 
 def _inject_eject(video_norm: bool):

@@ -123,17 +123,30 @@ class LowRankDelta(torch.nn.Module):
         return (self.up @ self.down).detach()
 
 
+def cpu_has_bf16_matrix_units() -> bool:
+    """AMX (Sapphire Rapids and later): there bf16 matmuls and convolutions run several times faster
+    than fp32. torch's own runtime check, which also asks the kernel for the AMX tile state."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
+
+
 def _autocast_dtype(precision: str, device: torch.device):
     if precision == "fp32":
         return None
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        # Measured (bench/NOTES.md): a bf16 tune step takes 0.52x the fp32 one on an AMX CPU. Without
+        # bf16 units bf16 runs slower than fp32, and fp32 is exact.
+        if device.type == "cpu" and cpu_has_bf16_matrix_units():
             return torch.bfloat16
-        return None  # CPUs: fp32 is both exact and, without bf16 units, fastest
+        return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def _make_optimizer(name: str, params, settings: TuneSettings):
+def make_optimizer(params, settings: TuneSettings):
+    """The optimiser over the adapters' float32 parameters; its state is float32 like them."""
+    name = settings.optimizer
     kwargs = dict(lr=settings.learning_rate, betas=settings.betas, weight_decay=settings.weight_decay,
                   eps=settings.eps)
     if name == "AdamW 8-bit":
@@ -192,7 +205,7 @@ class _TrainingLoop(comfy.samplers.Sampler):
         device = latent_image.device
         generator = torch.Generator(device="cpu").manual_seed(s.seed)
         params = [p for a in self.adapters.values() for p in a.parameters()]
-        optimizer = _make_optimizer(s.optimizer, params, s)
+        optimizer = make_optimizer(params, s)
         scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
         x0 = latent_image
         for step in range(s.steps):
@@ -259,18 +272,12 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
 
 def _train(model, positive, latents, settings: TuneSettings, on_step):
     names = trainable_names(model, settings.trainable)
-    generator = torch.Generator().manual_seed(settings.seed)
     with torch.inference_mode(False), torch.enable_grad():
         # Fresh (non-inference) copies: autograd saves them.
         positive = [[c.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in o.items()}]
                     for c, o in positive]
         latents = latents.clone()
-        adapters = {}
-        for name, value in tuned.effective_weights(model, names).items():
-            if settings.trainable == LORA_PRESET and value.ndim == 2:
-                adapters[name] = LowRankDelta(value, LORA_RANK, generator)
-            else:
-                adapters[name] = FullCopy(value)
+        adapters = make_adapters(model, names, settings)
         training = _training_clone(model, adapters,
                                    settings.checkpoint_blocks if settings.gradient_checkpointing else None)
         device = training.load_device
@@ -289,6 +296,20 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
         start = tuned.effective_weights(model, full)  # bit-identical to the values training began from
         deltas = {name: adapter.delta(start.get(name)).cpu() for name, adapter in adapters.items()}
         return deltas, loop.losses
+
+
+def make_adapters(model, names, settings: TuneSettings) -> dict:
+    """One trainable adapter per tensor, in float32 whatever the UNet's storage dtype: the
+    effective weights are read as float32, and a bf16 or fp8 copy would round away updates of
+    the paper's learning rate (3e-5 of a weight is below bf16's resolution)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    adapters = {}
+    for name, value in tuned.effective_weights(model, names).items():
+        if settings.trainable == LORA_PRESET and value.ndim == 2:
+            adapters[name] = LowRankDelta(value, LORA_RANK, generator)
+        else:
+            adapters[name] = FullCopy(value)
+    return adapters
 
 
 def _training_clone(model, adapters: dict, checkpoint_blocks: str | None):

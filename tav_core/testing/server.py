@@ -41,8 +41,10 @@ class ExecutionError(RuntimeError):
 class ComfyServer:
     """Start ComfyUI with `--base-directory base_dir` and the pack linked into its custom_nodes."""
 
-    def __init__(self, base_dir: Path, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, base_dir: Path, port: int | None = None, log_path: Path | None = None,
+                 extra_args: tuple[str, ...] = ()):
         self.base_dir = Path(base_dir)
+        self.extra_args = tuple(extra_args)  # ComfyUI launch options, e.g. ("--bf16-unet",)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or self.base_dir / "server.log"
@@ -60,7 +62,7 @@ class ComfyServer:
         # Without it OpenMP threads spin against the server's own threads: 10x slower sampling.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--base-directory", str(self.base_dir)]
+               "--disable-auto-launch", "--base-directory", str(self.base_dir), *self.extra_args]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, cwd=comfyui_dir(), env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)

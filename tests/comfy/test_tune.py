@@ -21,7 +21,8 @@ def clip_inputs(sd15, core, real_clip):
 
 
 def tune(core, model, clip_inputs, **overrides):
-    settings = core.tuning.TuneSettings(**{"steps": 3, "learning_rate": 1e-3, **overrides})
+    # fp32: "auto" is bf16 on CPUs with AMX, and these checks must not depend on the machine.
+    settings = core.tuning.TuneSettings(**{"steps": 3, "learning_rate": 1e-3, "precision": "fp32", **overrides})
     positive, latent = clip_inputs
     with torch.inference_mode():  # as ComfyUI runs nodes
         return core.tuning.tune(model, positive, latent, settings)
