@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 SHELL := /bin/bash
 
-.PHONY: setup demo test test-unit test-comfy test-server test-browser bench clean
+.PHONY: setup demo test test-unit test-comfy test-server test-browser bench device-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ test-browser: setup
 
 bench: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) bench/run.py
+
+# On a CUDA machine without network, after `bash bench/device_check.sh --prepare` here (see bench/NOTES.md).
+device-check:
+	bash bench/device_check.sh
 
 clean:
 	rm -rf .cache outputs artifacts

@@ -23,6 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import machine  # bench/, this script's folder, is first on sys.path
 from run import HERE, RESULTS, ROOT, fmt, run_worker
 
 COMFYUI = Path(os.environ.get("COMFYUI_DIR", ROOT / ".comfyui"))
@@ -85,7 +86,8 @@ def summarise(runs: dict, ours_key: str) -> list[dict]:
 
 def markdown(meta: dict, summaries: dict, runs: dict) -> str:
     lines = [f"# Ours vs official Tune-A-Video, {meta['timestamp']}", "",
-             f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 on {meta['device']}, random SD1.5 "
+             f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 on {meta['device']} "
+             f"({machine.describe(meta['machine'])}), random SD1.5 "
              f"weights, batch 1; {meta['steps']} timed steps after 1 warm-up per job, {meta['rounds']} rounds "
              f"alternating the order; medians over rounds of per-job medians. Load average "
              f"{meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end. Official: {meta['official_versions']}.",
@@ -148,7 +150,8 @@ def main(argv=None):
     ours = [k for k in args.ours.split(",") if k in OURS]
     runs = {impl: {k: [] for k, _ in JOBS} for impl in (*ours, "official")}
     meta = {"timestamp": stamp, "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, **base, "rounds": args.rounds,
+            "cpu_count": os.cpu_count(), "machine": machine.capability(), "torch": torch.__version__, **base,
+            "rounds": args.rounds,
             "official_dir": str(args.official), "load_start": os.getloadavg()[0]}
 
     meta["attention_backends"] = {}

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import machine  # bench/, this script's folder, is first on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -110,7 +112,8 @@ def summarise(results: dict) -> dict:
 def markdown(results: dict, summary: dict) -> str:
     meta = results["meta"]
     lines = [f"# Tune-A-Video benchmark {meta['timestamp']}", "",
-             f"Device {meta['device']}, {meta['cpu_count']} CPUs, torch {meta['torch']}; random-weight SD1.5 "
+             f"Device {meta['device']}, {meta['cpu_count']} CPUs, {machine.describe(meta['machine'])}, "
+             f"torch {meta['torch']}; random-weight SD1.5 "
              f"(full architecture); ComfyUI attention backend: {meta.get('attention', 'default')}; "
              f"{meta['steps']} timed steps after 1 warm-up, medians. "
              f"Load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end"
@@ -225,6 +228,7 @@ def main(argv=None):
     profile_dir = RESULTS / f"{stamp}-profile"
 
     results = {"meta": {"timestamp": stamp, "device": "cuda" if cuda else "cpu", "cpu_count": os.cpu_count(),
+                        "machine": machine.capability(),
                         "torch": torch.__version__, "python": platform.python_version(), "steps": steps,
                         "frames": frames, "sizes": sizes, "quick": args.quick, "matmul": 4096,
                         "attention": args.attention,

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import torch
-from rss import RssPeak, status_bytes  # bench/, this script's folder, is first on sys.path
+import machine  # bench/, this script's folder, is first on sys.path
+from rss import RssPeak, status_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -447,6 +448,9 @@ def main():
     result = TASKS[spec["task"]](spec)
     result["wall_s"] = time.perf_counter() - t
     result["threads"] = torch.get_num_threads()
+    result["machine"] = machine.capability()
+    if torch.cuda.is_available():
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT:" + json.dumps(result), flush=True)
 
 
