@@ -44,7 +44,15 @@ def loaded(comfy_nodes, checkpoint):
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True,
                                                                      output_clip=True)
     yield model, clip, vae
+    # Free the 2-5 GB of each model before the next architecture (and the rest of the session) runs:
+    # ComfyUI's list of loaded models would keep it alive.
+    import gc
+
+    import comfy.model_management
+
     del model, clip, vae
+    comfy.model_management.unload_all_models()
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
