@@ -82,6 +82,12 @@ def test_pipeline_then_save_and_load_tuned(server, checkpoints, arch):
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     [saved] = [n["text"][0] for n in tuned["outputs"].values() if "text" in n]
     assert len(tuned["outputs"]["13"]["images"]) == CLIP["frame_count"]
+    # The file holds the trained tensors under the official names; attn_temp's output projection
+    # starts at exactly zero, so non-zero values there show that tuning changed it.
+    weights = load_file(str(server.base_dir / "output" / "tuneavideo" / saved))
+    assert any(".attn1.to_q." in k for k in weights) and any(".attn2.to_q." in k for k in weights)
+    to_out = [v for k, v in weights.items() if ".attn_temp.to_out." in k]
+    assert to_out and all(v.abs().max() > 0 for v in to_out)
     video = saved_latent(server, tuned)
     assert video.shape == (CLIP["frame_count"], 4, 8, 8) and torch.isfinite(video).all()
 
