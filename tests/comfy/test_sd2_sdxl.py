@@ -1,6 +1,6 @@
-"""The SD2.x and SDXL test checkpoints load in real ComfyUI as those models, and DDIM inversion and
-sampling on them agree with an independent reference loop (v-prediction on SD2, pooled and size
-conditioning on SDXL).
+"""The SD2.x and SDXL test checkpoints load in real ComfyUI as those models, and DDIM inversion,
+sampling and the tuning loss on them agree with an independent reference (v-prediction on SD2,
+pooled and size conditioning on SDXL).
 
 The reference below is written from the DDIM formulas alone (its own float64 alpha table, the UNet
 called directly at integer timesteps, CFG by hand): it shares no code with tav_core.schedule or
@@ -216,3 +216,29 @@ def test_invert_and_sample_match_the_independent_reference(arch, core, inflated,
         wrong = relative_error(got_inverted, official)
         print(f"{arch}: the official code's v-as-eps inversion differs by {wrong:.2e}")
         assert wrong > 100 * TOLERANCE
+
+
+def test_the_tuning_loss_is_the_papers_objective_in_the_models_parameterisation(arch, core, loaded, clip_latents,
+                                                                              prompts):
+    """Step 1's loss equals the reference's: v-target MSE on SD2 v, noise MSE on SDXL (with its adm)."""
+    model = core.inflate.inflate(loaded[0], seed=0)
+    positive = prompts["a red car on a road"]
+    settings = core.tuning.TuneSettings(steps=1, learning_rate=1e-3, seed=5)
+    with torch.inference_mode():
+        losses = core.tuning.tune(model, positive, {"samples": clip_latents}, settings).losses
+    reference = Reference(core, model)
+    reference.latent_size = clip_latents.shape[-2:]
+    # The tuning loop's draws: timestep, then noise, from a CPU generator seeded with `seed`.
+    g = torch.Generator().manual_seed(5)
+    t = int(torch.randint(0, 1000, (1,), generator=g))
+    noise = torch.randn(clip_latents.shape, generator=g).double()
+    a = reference.alphas[t]
+    x0 = clip_latents.double() * reference.scale
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    with torch.inference_mode():
+        core.inflate.load(model)
+        context, y = reference._inputs(positive, FRAMES)
+        out = model.model.diffusion_model(x_t.float(), torch.full((FRAMES,), float(t)), context=context, y=y,
+                                          transformer_options=core.inflate.call_options(model, FRAMES)).double()
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0 if reference.v_prediction else noise
+    assert losses[0] == pytest.approx(torch.nn.functional.mse_loss(out, target).item(), rel=1e-4)
