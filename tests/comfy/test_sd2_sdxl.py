@@ -16,7 +16,7 @@ from safetensors import safe_open
 from tav_core.testing import sd2_sdxl
 
 FRAMES = 4
-STEPS = 5
+STEPS = 3
 CFG = 7.5
 TOLERANCE = 1e-4
 EXPECTED = {  # model config class, prediction, context width, pooled width
