@@ -269,7 +269,42 @@ def text_to_video_ablation() -> Workflow:
     )
 
 
-WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation]
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+SDXL_SIZE = 768
+
+
+def sdxl_prompt(id, pos, text):
+    """CLIPTextEncodeSDXL with the same text for both encoders, conditioned on the clip's size."""
+    size = {"width": SDXL_SIZE, "height": SDXL_SIZE, "crop_w": 0, "crop_h": 0,
+            "target_width": SDXL_SIZE, "target_height": SDXL_SIZE}
+    return Node(id, "CLIPTextEncodeSDXL", pos, {**size, "text_g": text, "text_l": text}, {"clip": (1, 1)})
+
+
+def tune_a_video_sdxl() -> Workflow:
+    nodes = [*clip_and_tuning(), *inversion(), prompt(9, (1020, 0), EDIT_PROMPT),
+             *edit(10, (1360, 0), (6, 0), (9, 0), (7, 0), (8, 0), "tuneavideo/edit-sdxl"),
+             Node(14, "TAVSaveTuned", (1020, 520), {"filename_prefix": "tuneavideo/man-skiing-sdxl",
+                                                   "source_prompt": SOURCE_PROMPT}, {"model": (6, 0)})]
+    for i, node in enumerate(nodes):
+        if node.type == "CheckpointLoaderSimple":
+            node.widgets["ckpt_name"] = SDXL_CHECKPOINT
+        elif node.type == "TAVLoadVideo":
+            node.widgets.update(width=SDXL_SIZE, height=SDXL_SIZE)
+        elif node.type == "CLIPTextEncode":  # every prompt: source, empty (inversion) and edit
+            # The SDXL encoder is taller: the source prompt moves below VAE Encode.
+            nodes[i] = sdxl_prompt(node.id, (340, 420) if node.id == 5 else node.pos, node.widgets["text"])
+    return Workflow(
+        name="tune-a-video-sdxl",
+        note=("**Tune-A-Video on SDXL.** The paper's pipeline with an SDXL checkpoint: every prompt (the source "
+              "prompt for tuning, the empty prompt for the inversion, the edit) goes through CLIP Text Encode "
+              "SDXL, whose size conditioning is the clip's size. 24 frames at 768x768 (SDXL's native 1024x1024 "
+              "needs more memory: it grows with frames and pixels); the tuning, inversion and sampling settings "
+              "are the paper's. SD2.x checkpoints (v-prediction included) run in the SD1.5 workflows as they are."),
+        nodes=nodes,
+    )
+
+
+WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation, tune_a_video_sdxl]
 
 
 def main() -> None:

@@ -81,7 +81,19 @@ def test_other_workflows(server, test_models, name):
     check_videos(server, history, 1)
 
 
+def test_sdxl_workflow(server):
+    from tav_core.testing import sd2_sdxl
+
+    checkpoint = sd2_sdxl.cached_checkpoint("sdxl")
+    link = server.base_dir / "models" / "checkpoints" / checkpoint.name
+    if not link.exists():
+        link.symlink_to(checkpoint)
+    history = server.run(lowered("tune-a-video-sdxl", {"CheckpointLoaderSimple": {"ckpt_name": checkpoint.name}}),
+                         timeout=600)
+    check_videos(server, history, 1)
+
+
 def test_every_workflow_is_covered():
     covered = {"tune-a-video", "reuse-tuned-weights", "controlnet-pose", "personalised-lora",
-               "text-to-video-from-noise"}
+               "text-to-video-from-noise", "tune-a-video-sdxl"}
     assert {p.stem for p in API_DIR.glob("*.json")} == covered
