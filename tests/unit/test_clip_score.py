@@ -125,3 +125,12 @@ def test_vit_l_14_configuration():
     consistency, alignment = clip_score.clip_scores(scorer, video, "a man is skiing")
     assert np.isfinite([consistency, alignment]).all()
     assert (consistency, alignment) == pytest.approx(naive_scores(scorer, video, "a man is skiing"), abs=1e-3)
+
+
+def test_the_library_does_not_import_transformers_until_a_model_loads():
+    import subprocess
+    import sys
+
+    code = "import sys, tav_core.clip_score; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
