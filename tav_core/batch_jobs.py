@@ -60,9 +60,7 @@ def safe_name(text: str) -> str:
 def _settings(raw: dict, where: str, base: dict) -> dict:
     settings = dict(base)
     for key, value in raw.items():
-        if key not in SETTINGS:
-            continue
-        if value in (None, ""):
+        if key not in SETTINGS or value in (None, ""):
             continue
         try:
             settings[key] = type(SETTINGS[key])(float(value) if isinstance(SETTINGS[key], int) else value)
@@ -109,7 +107,11 @@ def load_jobs(path: Path) -> JobsFile:
         raise JobsError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
         raise JobsError(f"{path} needs a top-level 'jobs' list")
-    defaults = _settings(data.get("defaults") or {}, f"{path}: defaults", SETTINGS)
+    defaults = data.get("defaults") or {}
+    unknown = set(defaults) - set(SETTINGS) if isinstance(defaults, dict) else {"(not a mapping)"}
+    if unknown:
+        raise JobsError(f"{path}: defaults has unknown keys {sorted(unknown)}; settings are {sorted(SETTINGS)}")
+    defaults = _settings(defaults, f"{path}: defaults", SETTINGS)
     jobs = [_job(raw if isinstance(raw, dict) else {}, f"{path}: job {i + 1}", path.parent, defaults)
             for i, raw in enumerate(data["jobs"])]
     return _checked(JobsFile(jobs, data.get("checkpoint"), data.get("clip_model")))
