@@ -7,6 +7,12 @@
   logit scale is exactly 100); not clipped at 0, as LOVEU does not clip;
 - PickScore: the mean over frames of the PickScore model's own `logit_scale.exp()` x cos.
 
+LOVEU's scoring script (scripts/run_eval.py) computes exactly these, but as published two of its branches
+never load a model: it checks for "clip_score_frames" where the metric is "clip_score_frame", and for
+"pico_score" where it is "pick_score". Its frame consistency is also a fraction (92.40 is 100 x that).
+It stretches every frame to 480 x 480 before CLIP's processor; LOVEU's clips are 480 x 480 already, so
+here the frames go to the processor as they are.
+
 The models are transformers `CLIPModel` folders (config, weights, tokenizer and processor files) and
 their preprocessing is transformers' CLIP processor. transformers is imported here only, lazily, so the
 rest of the pack never pays for it.
