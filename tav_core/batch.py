@@ -7,9 +7,11 @@ inversion once and reuses them for every further edit. Clips go to whichever ser
 
 Everything lands in the results folder: `<job>/tuned.safetensors`, `<job>/<edit>.mp4`, a thumbnail
 strip and `<job>/<edit>.json` per edit (written last: an edit with its .json is done, and a re-run
-skips it), and results.json/.csv, report.md and report.html. A server that dies or refuses mid-job
-is dropped and its clip goes back to the queue, to continue on another server from what was saved;
-when every server is gone the run stops with an error naming what is left.
+skips it), and results.json/.csv, report.md and report.html. A server that dies mid-job is dropped and
+its clip goes back to the queue, to continue on another server from what was saved; a clip that a
+server refuses (or a node of it fails there) goes to the other servers, and is reported as failed once
+every live server has refused it. When every server is gone the run stops with an error naming what
+is left.
 """
 from __future__ import annotations
 
@@ -205,7 +207,7 @@ class Worker:
     def loop(self) -> None:
         runner = self.runner
         while True:
-            job = runner.take()
+            job = runner.take(self.client.url)
             if job is None:
                 break
             try:
@@ -215,7 +217,8 @@ class Worker:
                 runner.give_back(job, f"{self.client.url} is gone ({e}); {job.name} goes back to the queue")
                 break
             except (PromptRejected, PromptFailed) as e:
-                runner.failed(job, self.client.url, str(e))
+                # Maybe this server's fault (a model it lacks, too little memory): the others try it too.
+                runner.refused(job, self.client.url, str(e))
             except Exception as e:  # a bug or bad answer: keep the clip for another server, report it
                 self.error = f"{type(e).__name__}: {e}"
                 runner.give_back(job, f"{self.client.url} failed on {job.name} ({self.error}); requeued")
@@ -239,7 +242,7 @@ class BatchRunner:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._in_flight = 0
-        self.failures: dict[str, str] = {}
+        self._refusals: dict[str, dict[str, str]] = {}  # job -> server -> why it failed there
         self.work_done = 0
 
     def make_bar(self, position: int, label: str):
@@ -265,14 +268,18 @@ class BatchRunner:
         return encoded
 
     # -- the queue, shared by the workers -------------------------------------------------------
-    def take(self) -> Job | None:
+    def take(self, url: str) -> Job | None:
+        """The next clip that this server has not refused; None once nothing is left for it."""
         with self._cond:
-            while not self._queue:
+            while True:
+                for job in self._queue:
+                    if url not in self._refusals.get(job.name, {}):
+                        self._queue.remove(job)
+                        self._in_flight += 1
+                        return job
                 if self._in_flight == 0:
                     return None
                 self._cond.wait()
-            self._in_flight += 1
-            return self._queue.popleft()
 
     def finished(self) -> None:
         with self._cond:
@@ -286,11 +293,15 @@ class BatchRunner:
             self._in_flight -= 1
             self._cond.notify_all()
 
-    def failed(self, job: Job, server: str, why: str) -> None:
-        self.failures[job.name] = why
-        self.results.log(event="failed", job=job.name, server=server, error=why)
+    def refused(self, job: Job, server: str, why: str) -> None:
+        """The server refused the clip's prompt or a node failed: back to the queue for the others."""
+        self.results.log(event="refused", job=job.name, server=server, error=why)
         self.note(f"{job.name} failed on {server}: {why}")
-        self.finished()
+        with self._cond:
+            self._refusals.setdefault(job.name, {})[server] = why
+            self._queue.append(job)
+            self._in_flight -= 1
+            self._cond.notify_all()
 
     def edit_done(self, line: str) -> None:
         with self._cond:
@@ -310,7 +321,7 @@ class BatchRunner:
 
         self.overall = tqdm(total=total, initial=total - sum(map(len, pending.values())), position=0,
                             desc="edits", disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
-        gone = {}
+        gone, failures = {}, {}
         if self._queue:
             clients = [ComfyClient(url) for url in self.servers]
             alive = [c for c in clients if c.alive()]
@@ -322,8 +333,12 @@ class BatchRunner:
             for thread in threads:
                 thread.join()
             gone.update({w.client.url: w.error for w in workers if w.error})
+            if len(gone) < len(clients):  # a server is still up: what is left, every live one refused
+                failures = {job.name: "; ".join(f"{url}: {why}" for url, why in
+                                                self._refusals.get(job.name, {}).items()) for job in self._queue}
+                self._queue.clear()
         self.overall.close()
-        records = batch_report.write_report(self.results.folder, self.jobs.jobs, self.failures,
+        records = batch_report.write_report(self.results.folder, self.jobs.jobs, failures,
                                             time.monotonic() - started)
         if self._queue:
             left = ", ".join(f"{job.name} ({len(self.results.pending(job))} edits)" for job in self._queue)

@@ -129,3 +129,13 @@ def test_batch_survives_a_dead_server_and_resumes(servers, jobs_file, tiny_check
     with pytest.raises(batch.AllServersGone, match="every server is gone.*ball \\(1 edits\\)"):
         batch.BatchRunner(load_jobs(changed), [b.url], results, checkpoint=tiny_checkpoint.name).run()
     assert len(list(results.glob("*/*.mp4"))) >= 6
+
+
+def test_a_job_every_server_refuses_is_reported_failed(servers, jobs_file, tiny_checkpoint, tmp_path):
+    a, _ = servers
+    bad = jobs_file.with_name("bad.yaml")
+    bad.write_text("jobs: [{name: tiny, clip: ball.mp4, source_prompt: x, edits: [y], width: 32, frame_count: 2}]")
+    records = batch.BatchRunner(load_jobs(bad), [a.url], tmp_path / "results", checkpoint=tiny_checkpoint.name,
+                                progress=False).run()
+    assert [(r["status"], a.url in r["error"], "width" in r["error"]) for r in records] == [("failed", True, True)]
+    assert "failed" in (tmp_path / "results" / "report.md").read_text()
