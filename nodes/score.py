@@ -92,11 +92,13 @@ class VideoCLIPScore(io.ComfyNode):
             raise ValueError(f"{PREFIX}images has {images.shape[0]} frame; frame consistency compares pairs "
                              "of frames and needs at least 2.")
         try:
-            consistency, alignment = clip_score.clip_scores(scorer("clip", resolve(clip_model, "clip_model")), images, prompt)
+            clip = scorer("clip", resolve(clip_model, "clip_model"))
+            consistency, alignment = clip_score.clip_scores(clip, images, prompt)
             scores = {"frame_consistency": consistency, "text_alignment": alignment}
             pick = float("nan")
             if pickscore_model != NO_PICKSCORE:
-                pick = clip_score.pick_score(scorer("pickscore", resolve(pickscore_model, "pickscore_model")), images, prompt)
+                pick_model = scorer("pickscore", resolve(pickscore_model, "pickscore_model"))
+                pick = clip_score.pick_score(pick_model, images, prompt)
                 scores["pick_score"] = pick
         except clip_score.ScoreError as e:
             raise ValueError(PREFIX + str(e)) from e

@@ -192,12 +192,14 @@ class Worker:
         results, folder = self.runner.results, self.runner.results.job_dir(job)
         video = history["outputs"]["savevideo"]["images"][0]
         local = folder / f"{edit}.mp4"
-        _write_atomic(local, self.client.view(video["filename"], video.get("subfolder", ""), video.get("type", "output")))
+        data = self.client.view(video["filename"], video.get("subfolder", ""), video.get("type", "output"))
+        _write_atomic(local, data)
         thumbnail = batch_report.thumbnail_strip(local, folder / f"{edit}.jpg")
         scores = (history["outputs"].get("score", {}).get("clip_score") or [{}])[0]
         record = {"job": job.name, "edit": edit, "clip": str(job.clip), "source_prompt": job.source_prompt,
                   "edited_prompt": job.edits[edit], "settings": job.settings, "status": "done",
-                  "video": f"{job.name}/{local.name}", "thumbnail": f"{job.name}/{thumbnail.name}" if thumbnail else None,
+                  "video": f"{job.name}/{local.name}",
+                  "thumbnail": f"{job.name}/{thumbnail.name}" if thumbnail else None,
                   "server": self.client.url, "seconds": round(seconds, 2),
                   "inversion_reused": INVERT_NODE in cached, **scores}
         _write_atomic(results.record_path(job, edit), json.dumps(record, indent=1).encode())

@@ -62,10 +62,12 @@ def collect(folder: Path, jobs, failures: dict[str, str]) -> list[dict]:
     for job in jobs:
         for edit, prompt in job.edits.items():
             path = folder / job.name / f"{edit}.json"
-            if path.exists():
-                records.append(json.loads(path.read_text()))
-            else:
-                records.append({"job": job.name, "edit": edit, "status": "failed" if job.name in failures else "not done",
+            record = json.loads(path.read_text()) if path.exists() else {}
+            if record.get("edited_prompt") == prompt and record.get("settings") == job.settings:
+                records.append(record)
+            else:  # not run, or run with another prompt or settings than the jobs file's now
+                records.append({"job": job.name, "edit": edit,
+                                "status": "failed" if job.name in failures else "not done",
                                 "edited_prompt": prompt, "source_prompt": job.source_prompt,
                                 "error": failures.get(job.name, "")})
     return records

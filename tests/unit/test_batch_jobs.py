@@ -66,9 +66,28 @@ def test_no_server_answers_is_a_clear_error_and_a_report(tmp_path):
     from tav_core.testing.server import free_port
 
     (tmp_path / "a.mp4").write_bytes(b"x")
-    (tmp_path / "jobs.yaml").write_text("checkpoint: m.safetensors\njobs: [{clip: a.mp4, source_prompt: x, edits: [y, z]}]")
+    (tmp_path / "jobs.yaml").write_text(
+        "checkpoint: m.safetensors\njobs: [{clip: a.mp4, source_prompt: x, edits: [y, z]}]")
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(AllServersGone, match=f"{url}: did not answer at start.*Left to do: a \\(2 edits\\)"):
         BatchRunner(load_jobs(tmp_path / "jobs.yaml"), [url], tmp_path / "results", progress=False).run()
     summary = json.loads((tmp_path / "results" / "results.json").read_text())
     assert [r["status"] for r in summary["results"]] == ["not done", "not done"]
+
+
+def test_the_report_ignores_results_of_another_prompt(tmp_path):
+    import json
+
+    from tav_core.batch_report import write_report
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "jobs.yaml").write_text("jobs: [{clip: a.mp4, source_prompt: x, edits: {one: y, two: z}}]")
+    jobs = load_jobs(tmp_path / "jobs.yaml").jobs
+    (tmp_path / "a").mkdir()
+    for edit, prompt in (("one", "y"), ("two", "an older prompt")):
+        (tmp_path / "a" / f"{edit}.json").write_text(json.dumps(
+            {"job": "a", "edit": edit, "status": "done", "edited_prompt": prompt, "source_prompt": "x",
+             "settings": jobs[0].settings, "video": f"a/{edit}.mp4", "thumbnail": None}))
+    records = write_report(tmp_path, jobs, {}, 1.0)
+    assert [(r["edit"], r["status"]) for r in records] == [("one", "done"), ("two", "not done")]
+    assert "1 of 2 edits done" in (tmp_path / "report.md").read_text()
