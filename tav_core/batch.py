@@ -152,6 +152,8 @@ class Worker:
         self.bar.set_description_str(f"{self.client.url} {text}"[:70])
 
     def on_message(self, kind: str, data: dict) -> None:
+        if self.runner.on_message:
+            self.runner.on_message(self.client.url, kind, data)
         if kind == "progress" and data.get("max"):
             self.bar.total = data["max"]
             self.bar.n = data["value"]
@@ -234,13 +236,16 @@ class Worker:
 class BatchRunner:
     def __init__(self, jobs: JobsFile, servers: list[str], results: Path, checkpoint: str | None = None,
                  clip_model: str | None = None, timeout: float = 3600.0, progress: bool = True,
-                 on_edit=None):
+                 on_edit=None, on_message=None):
+        """on_edit(line) follows every finished edit, on_message(url, type, data) every websocket message
+        of every server."""
         self.jobs, self.results = jobs, Results(results)
         self.checkpoint = checkpoint or jobs.checkpoint
         if not self.checkpoint:
             raise JobsError("no checkpoint: pass --checkpoint or set checkpoint: in the jobs file")
         self.clip_model = clip_model or jobs.clip_model
-        self.servers, self.timeout, self.progress, self.on_edit = servers, timeout, progress, on_edit
+        self.servers, self.timeout, self.progress = servers, timeout, progress
+        self.on_edit, self.on_message = on_edit, on_message
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
         self._in_flight = 0

@@ -1,4 +1,4 @@
-"""The batch runner on two real ComfyUI servers: 3 clips x 2 edits, one server killed mid-run.
+"""The batch runner on two real ComfyUI servers: 3 clips x 2 edits, one server killed mid-prompt.
 
 Every edit must finish exactly once, the report must list all 6, a second run must do no work, and a
 run with every server gone must stop with a clear error.
@@ -72,22 +72,29 @@ def history_size(server):
 def test_batch_survives_a_dead_server_and_resumes(servers, jobs_file, tiny_checkpoint, tmp_path):
     a, b = servers
     results = tmp_path / "results"
-    killed = []
+    b_edits, killed = [], []
 
-    def kill_b_after_its_first_edit(line):
-        if not killed and b.url in line:
-            killed.append(line)
+    def note_edit(line):
+        if b.url in line:
+            b_edits.append(line)
+
+    def kill_b_while_it_samples_its_second_edit(url, kind, data):
+        # Mid-prompt: the first sampling step of b's next prompt after its first finished edit.
+        if url == b.url and b_edits and not killed and kind == "progress":
+            killed.append(b_edits[0])
             b.process.kill()
             b.process.wait()
 
     jobs = load_jobs(jobs_file)
     started = time.monotonic()
     runner = batch.BatchRunner(jobs, [a.url, b.url], results, checkpoint=tiny_checkpoint.name,
-                               on_edit=kill_b_after_its_first_edit, timeout=600)
+                               on_edit=note_edit, on_message=kill_b_while_it_samples_its_second_edit,
+                               timeout=600)
     records = runner.run()
     seconds = time.monotonic() - started
     print(f"batch of 3 clips x 2 edits on 2 servers, one killed: {seconds:.1f} s")
     assert killed, "server b finished no edit before the end"
+    assert len(b_edits) == 1
 
     assert [(r["job"], r["status"]) for r in records].count(("ball", "done")) == 2
     assert len(records) == 6 and all(r["status"] == "done" for r in records)
