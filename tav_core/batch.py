@@ -268,7 +268,7 @@ class BatchRunner:
         """The clip as a video file: a folder of frames is encoded once into the results folder."""
         if job.clip.is_file():
             return job.clip
-        encoded = self.results.job_dir(job) / "clip.mp4"
+        encoded = self.results.job_dir(job) / "clip.avi"
         with self._cond:
             if not encoded.exists():
                 batch_report.frames_to_video(job.clip, encoded, job.settings["fps"])

@@ -15,7 +15,7 @@ COLUMNS = ["job", "edit", "status", "edited_prompt", "source_prompt", "video", "
 
 
 def frames_to_video(folder: Path, path: Path, fps: float) -> Path:
-    """A folder of frames (sorted by name) as an mp4, as LOVEU-TGVE ships its clips."""
+    """A folder of frames (sorted by name), as LOVEU-TGVE ships its clips, as a lossless FFV1 .avi."""
     import cv2
 
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
@@ -25,8 +25,10 @@ def frames_to_video(folder: Path, path: Path, fps: float) -> Path:
     if first is None:
         raise ValueError(f"{files[0]} is not a readable image")
     height, width = (first.shape[0] // 2) * 2, (first.shape[1] // 2) * 2
-    partial = path.with_name(path.stem + ".partial.mp4")
-    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    partial = path.with_name(path.stem + ".partial" + path.suffix)
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height))
+    if not writer.isOpened():
+        raise ValueError(f"OpenCV cannot write FFV1 video here, so the frames of {folder} cannot become a clip")
     for file in files:
         frame = cv2.imread(str(file))
         if frame is None:
