@@ -5,7 +5,7 @@ kept in the results folder), then one prompt per edited prompt through Load Tune
 a clip run back to back on the same server, so ComfyUI's cache runs the clip's VAE encoding and DDIM
 inversion once and reuses them for every further edit. Clips go to whichever server is free.
 
-Everything lands in the results folder: `<job>/tuned.safetensors`, `<job>/<edit>.mp4`, a thumbnail
+Everything lands in the results folder: `<job>/tuned-<key>.safetensors` (the key: what tuning depends on), `<job>/<edit>.mp4`, a thumbnail
 strip and `<job>/<edit>.json` per edit (written last: an edit with its .json is done, and a re-run
 skips it), and results.json/.csv, report.md and report.html. A server that dies mid-job is dropped and
 its clip goes back to the queue, to continue on another server from what was saved; a clip that a
@@ -108,9 +108,13 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+TUNING_SETTINGS = ("frame_count", "start_frame", "frame_stride", "width", "height", "tune_steps", "learning_rate",
+                   "seed")
+
+
 class Results:
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, checkpoint: str):
+        self.folder, self.checkpoint = Path(folder), checkpoint
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
@@ -127,13 +131,18 @@ class Results:
         if not path.exists():
             return False
         record = json.loads(path.read_text())
-        return record.get("edited_prompt") == job.edits[edit] and record.get("settings") == job.settings
+        return (record.get("edited_prompt") == job.edits[edit] and record.get("settings") == job.settings
+                and record.get("checkpoint") == self.checkpoint)
 
     def pending(self, job: Job) -> list[str]:
         return [edit for edit in job.edits if not self.done(job, edit)]
 
     def tuned(self, job: Job) -> Path:
-        return self.job_dir(job) / "tuned.safetensors"
+        """The clip's tuned weights, named by what they depend on: other settings tune again."""
+        basis = [self.checkpoint, job.source_prompt, file_hash(job.clip) if job.clip.is_file() else str(job.clip),
+                 *(job.settings[k] for k in TUNING_SETTINGS)]
+        key = hashlib.sha256(json.dumps(basis).encode()).hexdigest()[:12]
+        return self.job_dir(job) / f"tuned-{key}.safetensors"
 
     def log(self, **event) -> None:
         with self._lock, open(self.folder / "events.jsonl", "a") as f:
@@ -199,7 +208,8 @@ class Worker:
         thumbnail = batch_report.thumbnail_strip(local, folder / f"{edit}.jpg")
         scores = (history["outputs"].get("score", {}).get("clip_score") or [{}])[0]
         record = {"job": job.name, "edit": edit, "clip": str(job.clip), "source_prompt": job.source_prompt,
-                  "edited_prompt": job.edits[edit], "settings": job.settings, "status": "done",
+                  "edited_prompt": job.edits[edit], "settings": job.settings, "checkpoint": self.runner.checkpoint,
+                  "status": "done",
                   "video": f"{job.name}/{local.name}",
                   "thumbnail": f"{job.name}/{thumbnail.name}" if thumbnail else None,
                   "server": self.client.url, "seconds": round(seconds, 2),
@@ -239,10 +249,10 @@ class BatchRunner:
                  on_edit=None, on_message=None):
         """on_edit(line) follows every finished edit, on_message(url, type, data) every websocket message
         of every server."""
-        self.jobs, self.results = jobs, Results(results)
-        self.checkpoint = checkpoint or jobs.checkpoint
+        self.jobs, self.checkpoint = jobs, checkpoint or jobs.checkpoint
         if not self.checkpoint:
             raise JobsError("no checkpoint: pass --checkpoint or set checkpoint: in the jobs file")
+        self.results = Results(results, self.checkpoint)
         self.clip_model = clip_model or jobs.clip_model
         self.servers, self.timeout, self.progress = servers, timeout, progress
         self.on_edit, self.on_message = on_edit, on_message
@@ -346,7 +356,7 @@ class BatchRunner:
                 self._queue.clear()
         self.overall.close()
         records = batch_report.write_report(self.results.folder, self.jobs.jobs, failures,
-                                            time.monotonic() - started)
+                                            time.monotonic() - started, self.checkpoint)
         if self._queue:
             left = ", ".join(f"{job.name} ({len(self.results.pending(job))} edits)" for job in self._queue)
             reasons = "; ".join(f"{url}: {why}" for url, why in gone.items()) or "no server was given"

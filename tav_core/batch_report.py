@@ -59,13 +59,14 @@ def thumbnail_strip(video: Path, path: Path, frames: int = 8, height: int = 96) 
     return path
 
 
-def collect(folder: Path, jobs, failures: dict[str, str]) -> list[dict]:
+def collect(folder: Path, jobs, failures: dict[str, str], checkpoint: str | None = None) -> list[dict]:
     records = []
     for job in jobs:
         for edit, prompt in job.edits.items():
             path = folder / job.name / f"{edit}.json"
             record = json.loads(path.read_text()) if path.exists() else {}
-            if record.get("edited_prompt") == prompt and record.get("settings") == job.settings:
+            if record.get("edited_prompt") == prompt and record.get("settings") == job.settings and \
+                    record.get("checkpoint", checkpoint) == checkpoint:
                 records.append(record)
             else:  # not run, or run with another prompt or settings than the jobs file's now
                 records.append({"job": job.name, "edit": edit,
@@ -79,10 +80,11 @@ def _number(value) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
 
 
-def write_report(folder: Path, jobs, failures: dict[str, str], seconds: float) -> list[dict]:
+def write_report(folder: Path, jobs, failures: dict[str, str], seconds: float,
+                 checkpoint: str | None = None) -> list[dict]:
     """results.json, results.csv, report.md and report.html for every edit of every job."""
     folder = Path(folder)
-    records = collect(folder, jobs, failures)
+    records = collect(folder, jobs, failures, checkpoint)
     done = sum(r["status"] == "done" for r in records)
     summary = {"edits": len(records), "done": done, "run_seconds": round(seconds, 2),
                "written": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -127,6 +127,7 @@ def test_batch_survives_a_dead_server_and_resumes(servers, jobs_file, tiny_check
     assert batch.main([str(jobs_file), "--server", a.url, "--server", b.url, "--results", str(results),
                        "--checkpoint", tiny_checkpoint.name, "--no-progress"]) == 0
     assert history_size(a) == before
+    assert sorted(p.parent.name for p in results.glob("*/tuned-*.safetensors")) == ["ball", "stripe", "wide"]
     assert json.loads((results / "results.json").read_text())["summary"]["done"] == 6
 
     # New work with every server gone: a clear error, and what was done stays.

@@ -109,3 +109,22 @@ def test_a_folder_of_frames_becomes_a_lossless_clip(tmp_path):
     loaded, fps = read_clip(clip, 3, 0, 1, 64, 48, "stretch")
     assert fps == pytest.approx(8)
     assert np.array_equal((loaded * 255).round().astype(np.uint8), np.stack(frames)[..., ::-1])
+
+
+def test_tuned_weights_are_kept_per_tuning_setup(tmp_path):
+    import dataclasses
+
+    from tav_core.batch import Results
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "jobs.yaml").write_text("jobs: [{clip: a.mp4, source_prompt: x, edits: [y]}]")
+    job = load_jobs(tmp_path / "jobs.yaml").jobs[0]
+    results = Results(tmp_path / "results", "m.safetensors")
+    same = [dataclasses.replace(job, edits={"edit-1": "another edit"}),
+            dataclasses.replace(job, settings={**job.settings, "cfg": 7.5, "steps": 20})]
+    other = [dataclasses.replace(job, source_prompt="z"),
+             dataclasses.replace(job, settings={**job.settings, "tune_steps": 10}),
+             dataclasses.replace(job, settings={**job.settings, "width": 256})]
+    assert {results.tuned(j) for j in same} == {results.tuned(job)}
+    assert len({results.tuned(j) for j in [job, *other]}) == 4
+    assert Results(tmp_path / "results", "other.safetensors").tuned(job) != results.tuned(job)
