@@ -5,6 +5,7 @@ folders as downloaded from Hugging Face: openai/clip-vit-large-patch14, and opti
 pickapic-anonymous/PickScore_v1 with its processor files).
 """
 import os
+from contextlib import contextmanager
 
 import comfy.model_management
 import folder_paths
@@ -42,12 +43,23 @@ def resolve(choice: str, input_name: str) -> str:
 _loaded: dict[str, tuple[str, clip_score.Scorer]] = {}
 
 
-def scorer(role: str, path: str) -> clip_score.Scorer:
-    """The last loaded model of each role (CLIP, PickScore), kept between runs: they are large."""
+@contextmanager
+def scorer(role: str, path: str):
+    """The last loaded model of each role (CLIP, PickScore), kept between runs (loading is slow) on
+    ComfyUI's offload device, and on its compute device only while it scores, so the diffusion
+    models keep the GPU memory."""
     if role not in _loaded or _loaded[role][0] != path:
         _loaded.pop(role, None)
-        _loaded[role] = path, clip_score.load_scorer(path, comfy.model_management.get_torch_device())
-    return _loaded[role][1]
+        _loaded[role] = path, clip_score.load_scorer(path, comfy.model_management.unet_offload_device())
+    loaded = _loaded[role][1]
+    loaded.device = comfy.model_management.get_torch_device()
+    loaded.model.to(loaded.device)
+    try:
+        yield loaded
+    finally:
+        loaded.device = comfy.model_management.unet_offload_device()
+        loaded.model.to(loaded.device)
+        comfy.model_management.soft_empty_cache()
 
 
 class VideoCLIPScore(io.ComfyNode):
@@ -92,13 +104,13 @@ class VideoCLIPScore(io.ComfyNode):
             raise ValueError(f"{PREFIX}images has {images.shape[0]} frame; frame consistency compares pairs "
                              "of frames and needs at least 2.")
         try:
-            clip = scorer("clip", resolve(clip_model, "clip_model"))
-            consistency, alignment = clip_score.clip_scores(clip, images, prompt)
+            with scorer("clip", resolve(clip_model, "clip_model")) as clip:
+                consistency, alignment = clip_score.clip_scores(clip, images, prompt)
             scores = {"frame_consistency": consistency, "text_alignment": alignment}
             pick = float("nan")
             if pickscore_model != NO_PICKSCORE:
-                pick_model = scorer("pickscore", resolve(pickscore_model, "pickscore_model"))
-                pick = clip_score.pick_score(pick_model, images, prompt)
+                with scorer("pickscore", resolve(pickscore_model, "pickscore_model")) as pick_model:
+                    pick = clip_score.pick_score(pick_model, images, prompt)
                 scores["pick_score"] = pick
         except clip_score.ScoreError as e:
             raise ValueError(PREFIX + str(e)) from e
