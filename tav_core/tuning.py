@@ -242,15 +242,16 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
     model = inflate.inflate(patcher)
     latents = latent["samples"]
     check_inputs(model, positive, latents)
-    key = tune_cache.cache_key(model, positive, latents, settings) if cache_dir else None
-    cached = tune_cache.load(cache_dir, key) if key else None
+    key = tune_cache.cache_key(model, positive, latent, settings) if cache_dir else None
+    expected = tune_cache.expected_entry(model, trainable_names(model, settings.trainable)) if key else None
+    cached = tune_cache.load(cache_dir, key, expected, settings.steps) if key else None
     if cached is not None:
         deltas, losses = cached
         logging.info("Tune-A-Video: One-Shot Tune found its result in the cache (%s); skipping %d steps.",
                      key, settings.steps)
     else:
         deltas, losses = _train(model, positive, latents, settings, on_step)
-        if key:
+        if key:  # a failed write only warns: the finished tune is kept
             tune_cache.store(cache_dir, key, deltas, losses)
     metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
                 "trainable": settings.trainable, "frames": int(latents.shape[0])}
