@@ -11,9 +11,7 @@ PREFIX = "Load Video (Tune-A-Video): "
 
 
 def _input_videos():
-    input_dir = folder_paths.get_input_directory()
-    return sorted(f for f in os.listdir(input_dir)
-                  if f.lower().endswith(clip_io.VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(input_dir, f)))
+    return clip_io.list_input_videos(folder_paths.get_input_directory())
 
 
 def _resolve(video):
