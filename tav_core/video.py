@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import container, files
+from . import container, files, sizes
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ("center crop", "stretch", "pad")
@@ -71,11 +71,11 @@ def _opened(path):
 
 
 def check_size(width, height):
-    """Raise ClipError unless width and height suit the VAE (multiples of 8, at least 8)."""
-    for name, value in (("width", width), ("height", height)):
-        if value < 8 or value % 8:
-            raise ClipError(f"{name} {value} is not a positive multiple of 8; "
-                            f"the VAE needs multiples of 8. Use e.g. {max(8, round(value / 8) * 8)}.")
+    """Raise ClipError unless width and height follow the pack's size rule (multiples of 64, see sizes.py)."""
+    problem = sizes.size_problem(width, height, sizes.LOAD_VIDEO_MULTIPLE)
+    if problem:
+        raise ClipError(f"{problem}. Every Stable Diffusion UNet needs frame sides that are multiples of "
+                        f"{sizes.LOAD_VIDEO_MULTIPLE} (8 for the VAE times 2 per UNet downsampling).")
 
 
 def read_clip(path, frame_count, start_frame, frame_stride, width, height, resize_mode):
