@@ -35,7 +35,6 @@ PRESETS = {
 }
 LORA_PRESET = "paper, LoRA rank 16 (small files)"
 LORA_RANK = 16
-SWAPPED_ATTACHMENT = "tuneavideo.swapped_weights"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("AdamW", "AdamW 8-bit")
 
@@ -270,7 +269,6 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
                           disable_pbar=True)
         finally:
             _unload(training)
-            _restore(training)
         full = [name for name, adapter in adapters.items() if isinstance(adapter, FullCopy)]
         start = tuned.effective_weights(model, full)  # bit-identical to the values training began from
         deltas = {name: adapter.delta(start.get(name)).cpu() for name, adapter in adapters.items()}
@@ -300,37 +298,13 @@ def _ordinary_weights(patcher, *_) -> None:
     """ON_LOAD: replace inference-tensor parameters by ordinary tensors of the same value.
 
     Loading under ComfyUI's inference mode leaves the weights as inference tensors, and autograd
-    cannot save those for backward. The values do not change, so neither does any model sharing them;
-    the swaps are recorded so that `_restore` gives the shared model its own tensors back afterwards.
+    cannot save those for backward. The values do not change, so neither does any model sharing them.
     """
-    swapped = _swap_record(patcher)
     with torch.inference_mode(False):
         for module in patcher.model.modules():
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.is_inference():
-                    copy = torch.nn.Parameter(param.clone(), requires_grad=False)
-                    setattr(module, name, copy)
-                    swapped.append((module, name, param, copy))
-
-
-def _swap_record(patcher) -> list:
-    # The temporal layers' patcher is an additional model of the training clone: one record for both.
-    record = patcher.get_attachment(SWAPPED_ATTACHMENT)
-    if record is None:
-        record = []
-        patcher.set_attachments(SWAPPED_ATTACHMENT, record)
-    return record
-
-
-def _restore(training) -> None:
-    """Put the shared model's own parameters back where training copies still stand."""
-    for owner in (training, *training.get_nested_additional_models()):
-        for module, name, original, copy in owner.get_attachment(SWAPPED_ATTACHMENT) or ():
-            # Unpatching may already have restored a backup; an offloaded copy stays (the original
-            # then lives on the load device, and is freed with the record).
-            if getattr(module, name, None) is copy and original.device == copy.device:
-                setattr(module, name, original)
-        owner.set_attachments(SWAPPED_ATTACHMENT, [])
+                    setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
 
 
 def _unload(training) -> None:

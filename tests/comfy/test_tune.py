@@ -47,11 +47,8 @@ def test_checkpointing_trains_every_chosen_tensor_and_nothing_else(sd15, core, c
     base = sd15[0]
     inflated = core.inflate.inflate(base, seed=0)
     base_before = {k: v.clone() for k, v in base.model.state_dict().items()}
-    own_parameters = dict(base.model.named_parameters())
     before = unet_and_temporal_weights(core, inflated)
     result = tune(core, inflated, clip_inputs, gradient_checkpointing=True)
-    # No training copy stays attached to the shared UNet: it has its own parameters back.
-    assert all(p is own_parameters[k] for k, p in base.model.named_parameters())
     after = unet_and_temporal_weights(core, result.model)
     chosen = set(core.tuning.trainable_names(inflated, PAPER))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
