@@ -23,8 +23,10 @@ async def clip_info(request: web.Request) -> web.Response:
         path = clip_io.resolve_input_path(name, folder_paths.get_input_directory())
         # OpenCV blocks while it opens the file: keep the server's event loop free.
         info = await asyncio.to_thread(clip_io.probe_clip, path)
-    except clip_io.ClipError as e:
+    except clip_io.ClipError as e:  # its messages name the clip, never the server's folders
         return web.json_response({"error": str(e)}, status=400)
+    except OSError as e:  # e.g. the file vanished meanwhile; no server path in the answer
+        return web.json_response({"error": f"{name!r} cannot be read ({e.strerror})."}, status=400)
     return web.json_response({"frame_count": info.frame_count, "fps": info.fps,
                               "width": info.width, "height": info.height})
 

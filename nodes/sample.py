@@ -59,7 +59,7 @@ class DDIMInvert(io.ComfyNode):
         try:
             inverted = sampling.ddim_invert(model, samples, conditioning, steps)
             out = _latent_without_marker(latent, inverted)
-            out[sampling.INVERSION_KEY] = sampling.inversion_marker(model, steps, samples.shape[0])
+            out[sampling.INVERSION_KEY] = sampling.inversion_marker(model, steps, inverted)
             return io.NodeOutput(out, sampling.InversionNoise(model, inverted, steps))
         except sampling.SamplingError as e:
             raise ValueError(cls.PREFIX + str(e)) from e

@@ -11,9 +11,7 @@ PREFIX = "Load Video (Tune-A-Video): "
 
 
 def _input_videos():
-    input_dir = folder_paths.get_input_directory()
-    return sorted(f for f in os.listdir(input_dir)
-                  if f.lower().endswith(clip_io.VIDEO_EXTENSIONS) and os.path.isfile(os.path.join(input_dir, f)))
+    return clip_io.list_input_videos(folder_paths.get_input_directory())
 
 
 def _resolve(video):
@@ -37,8 +35,10 @@ class LoadVideo(io.ComfyNode):
                 io.Int.Input("start_frame", default=0, min=0, tooltip="Index of the first frame to load (0 = first frame of the clip)."),
                 io.Int.Input("frame_stride", default=2, min=1,
                              tooltip="Take every n-th frame: 1 keeps every frame, 2 every other one (covers twice the time)."),
-                io.Int.Input("width", default=512, min=64, max=4096, step=8, tooltip="Output width in pixels (multiple of 8)."),
-                io.Int.Input("height", default=512, min=64, max=4096, step=8, tooltip="Output height in pixels (multiple of 8)."),
+                io.Int.Input("width", default=512, min=64, max=4096, step=64,
+                             tooltip="Output width in pixels, a multiple of 64 (what every SD UNet takes)."),
+                io.Int.Input("height", default=512, min=64, max=4096, step=64,
+                             tooltip="Output height in pixels, a multiple of 64 (what every SD UNet takes)."),
                 io.Combo.Input("resize_mode", options=list(clip_io.RESIZE_MODES), default="center crop",
                                tooltip="center crop: fill the frame and cut the overflow; stretch: distort to fit; "
                                        "pad: fit inside and add black bars."),
@@ -70,6 +70,8 @@ class LoadVideo(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, video, width=None, height=None):
         # width/height are None when linked from another node; execute checks them then.
+        if not isinstance(video, str):
+            return f"{PREFIX}video must be a file name from the list, not {type(video).__name__} {video!r}."
         try:
             if not os.path.isfile(_resolve(video)):
                 return f"{PREFIX}Video file not found: {video}. Upload it or pick a file from the list."

@@ -8,10 +8,12 @@ import os
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..tav_core import files as file_policy
 from ..tav_core import weights as tuned_files
 
 FOLDER = "tuneavideo"
 EXTENSIONS = {".safetensors", ".bin"}
+DEFAULT_NAME = "tuned"
 SAVE_PREFIX = "Save Tuned Weights (Tune-A-Video): "
 LOAD_PREFIX = "Load Tuned Weights (Tune-A-Video): "
 
@@ -38,13 +40,38 @@ def weight_choices() -> list[str]:
     return sorted(folders) + loose
 
 
-def resolve(choice: str) -> str:
-    relative = os.path.relpath(os.path.join("/", choice), "/")  # as get_full_path: never above the folder
+def resolve(choice) -> str:
+    """The weights file that `choice` names, by the pack's one path policy (tav_core.files): its real
+    path must lie inside the folder it is listed from, as for Load Video."""
+    if not isinstance(choice, str) or not choice:
+        raise ValueError(f"{LOAD_PREFIX}weights must be a file name from the list, not {choice!r}.")
     for base in folder_paths.get_folder_paths(FOLDER):
-        path = os.path.join(base, relative)
-        if os.path.exists(path):
-            return path
+        try:
+            path = file_policy.resolve_inside(choice, base)
+            if not os.path.exists(path):
+                continue
+            file = tuned_files.weights_file(path)
+            file_policy.resolve_inside(os.path.relpath(file, os.path.realpath(base)), base)  # unet/ links too
+            return str(file)
+        except file_policy.OutsideError:
+            relative = os.path.normpath(choice)
+            if ("\0" not in choice and not os.path.isabs(relative) and not relative.startswith("..")
+                    and os.path.lexists(os.path.join(base, relative))):  # a link leading out
+                raise ValueError(f"{LOAD_PREFIX}{choice} links to a file outside models/{FOLDER} and "
+                                 f"output/{FOLDER}; copy the file into one of them instead.") from None
+        except tuned_files.WeightsError as e:
+            raise ValueError(LOAD_PREFIX + str(e)) from e
     raise ValueError(f"{LOAD_PREFIX}{choice} is not in models/{FOLDER} or output/{FOLDER}; pick a file from the list.")
+
+
+def _save_prefix(filename_prefix: str) -> str:
+    """The prefix relative to output/tuneavideo; empty, "." or the folder itself mean the default name."""
+    parts = os.path.normpath(filename_prefix.strip() or ".").split(os.sep)
+    if parts[0] == FOLDER:
+        parts = parts[1:]
+    if not parts or parts[-1] == ".":
+        parts = [*parts[:-1], DEFAULT_NAME]
+    return os.path.join(*parts)
 
 
 class SaveTuned(io.ComfyNode):
@@ -74,9 +101,9 @@ class SaveTuned(io.ComfyNode):
     def execute(cls, model, filename_prefix, source_prompt="") -> io.NodeOutput:
         # Saved relative to output/tuneavideo whatever the prefix, so Load Tuned Weights always lists it.
         base = os.path.abspath(os.path.join(folder_paths.get_output_directory(), FOLDER))
-        prefix = os.path.normpath(filename_prefix)
-        if prefix.split(os.sep)[0] == FOLDER:
-            prefix = os.path.relpath(prefix, FOLDER)
+        if not isinstance(filename_prefix, str):
+            raise ValueError(f"{SAVE_PREFIX}filename_prefix must be text, not {filename_prefix!r}.")
+        prefix = _save_prefix(filename_prefix)
         try:
             folder, name, counter, _, _ = folder_paths.get_save_image_path(prefix, base)
         except Exception as e:  # ComfyUI raises a bare Exception for a prefix leaving the folder

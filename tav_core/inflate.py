@@ -132,6 +132,10 @@ class Inflation:
         self.video_norm = video_norm
         self.handles: list = []
 
+    def fingerprint_state(self) -> dict:
+        """What of it changes the forward pass (for the tune cache); the hook handles do not."""
+        return {"video_norm": self.video_norm}
+
     def inject(self, patcher) -> None:
         self.eject(patcher)
         diffusion_model = patcher.model.diffusion_model

@@ -19,6 +19,7 @@ units), like KSamplerAdvanced's "return_with_leftover_noise" output.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -30,7 +31,7 @@ import comfy.utils
 import latent_preview
 from comfy.k_diffusion.sampling import default_noise_sampler
 
-from . import schedule
+from . import checks, schedule
 
 INVERSION_KEY = "tav_inversion"
 SCHEDULE = "ddim-leading-offset1"
@@ -130,6 +131,9 @@ def ddim_invert(model, latent_raw: torch.Tensor, conditioning, steps: int, callb
     The model is guided with cfg 1 on `conditioning` (the paper inverts with the empty prompt).
     `callback(step, x0, x, total_steps)` defaults to ComfyUI's preview + progress bar callback.
     """
+    unet = model.model.diffusion_model
+    checks.check_latents(unet, latent_raw, SamplingError)
+    checks.check_conditioning(unet, conditioning, SamplingError)
     sigmas = ddim_levels(model, steps).flip(0)
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(conditioning, conditioning)
@@ -148,6 +152,12 @@ def ddim_sample(model, positive, negative, latent_raw: torch.Tensor, steps: int,
     space (text-to-video, the paper's ablation). eta > 0 draws its noise from the same seeded
     stream after x_T, as the official pipeline's generator does.
     """
+    unet = model.model.diffusion_model
+    checks.check_latents(unet, latent_raw, SamplingError)
+    checks.check_conditioning(unet, positive, SamplingError, "positive conditioning")
+    checks.check_conditioning(unet, negative, SamplingError, "negative conditioning")
+    checks.check_finite("cfg", cfg, SamplingError, 0.0, 100.0)
+    checks.check_finite("eta", eta, SamplingError, 0.0, 1.0)
     sigmas = ddim_levels(model, steps)
     generator = torch.Generator().manual_seed(seed)
     if from_inversion:
@@ -167,9 +177,18 @@ def ddim_sample(model, positive, negative, latent_raw: torch.Tensor, steps: int,
     return _rescale(model, samples, 1 / math.sqrt(1 + float(sigmas[-1]) ** 2))
 
 
-def inversion_marker(model, steps: int, frames: int) -> dict:
+def latent_fingerprint(samples: torch.Tensor) -> str:
+    """A cheap hash of a latent's values, to tell the inversion from an edited copy of it."""
+    tensor = samples.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{tensor.dtype}{tuple(tensor.shape)}".encode(), digest_size=16)
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def inversion_marker(model, steps: int, inverted: torch.Tensor) -> dict:
     """What an inverted LATENT carries under INVERSION_KEY, for `check_inversion`."""
-    return {"steps": steps, "schedule": SCHEDULE, "frames": frames, "sigma": float(ddim_levels(model, steps)[0])}
+    return {"steps": steps, "schedule": SCHEDULE, "frames": int(inverted.shape[0]),
+            "sigma": float(ddim_levels(model, steps)[0]), "fingerprint": latent_fingerprint(inverted)}
 
 
 def check_inversion(latent: dict, steps: int) -> bool:
@@ -190,6 +209,11 @@ def check_inversion(latent: dict, steps: int) -> bool:
     if marker["frames"] != frames:
         raise SamplingError(f"the latent was inverted as {marker['frames']} frames but now holds {frames}; "
                             "sample the inversion's latent unchanged.")
+    if marker.get("fingerprint") != latent_fingerprint(latent["samples"]):
+        raise SamplingError("the latent was changed after DDIM Invert (by LatentUpscale, LatentMultiply or another "
+                            "latent node), so it is no longer the inversion and sampling it as one would give a "
+                            "wrong video. Connect DDIM Invert's LATENT to Video Sample directly; to edit the size, "
+                            "change Load Video's and invert again.")
     return True
 
 

@@ -24,10 +24,8 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
-from comfy.ldm.modules.attention import BasicTransformerBlock
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
 
-from . import checkpointing, inflate, tune_cache, tuned
+from . import checkpointing, checks, inflate, tune_cache, tuned
 
 PRESETS = {
     "paper (attn1.to_q, attn2.to_q, attn_temp)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
@@ -66,6 +64,9 @@ class TuneSettings:
                               ("precision", PRECISIONS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise TuneError(f"unknown {name} {getattr(self, name)!r}; choose one of {list(choices)}.")
+        checks.check_finite("learning_rate", self.learning_rate, TuneError)
+        if self.learning_rate <= 0:
+            raise TuneError(f"learning_rate must be above 0, not {self.learning_rate}; the paper uses 3e-5.")
 
 
 @dataclass
@@ -164,27 +165,9 @@ def make_optimizer(params, settings: TuneSettings):
 
 
 def check_inputs(patcher, positive, latents: torch.Tensor) -> None:
-    if latents.ndim != 4 or latents.shape[0] < 2:
-        raise TuneError(f"the latent must hold the clip's frames [F,C,h,w] with F >= 2; got "
-                        f"{tuple(latents.shape)}. Encode the Load Video frames with VAE Encode.")
     unet = patcher.model.diffusion_model
-    if latents.shape[1] != unet.in_channels:
-        raise TuneError(f"the latent has {latents.shape[1]} channels but the model expects "
-                        f"{unet.in_channels}; encode the clip with this model's VAE.")
-    factor = 2 ** sum(1 for m in unet.modules() if isinstance(m, Downsample))
-    if latents.shape[2] % factor or latents.shape[3] % factor:
-        raise TuneError(f"latent size {latents.shape[3]}x{latents.shape[2]} is not a multiple of {factor}; "
-                        f"use frames whose width and height are multiples of {8 * factor}.")
-    context_dim = _context_dim(unet)
-    for cond, _ in positive:
-        if cond.shape[-1] != context_dim:
-            raise TuneError(f"the conditioning has width {cond.shape[-1]} but the model expects "
-                            f"{context_dim}: encode the prompt with this checkpoint's CLIP.")
-
-
-def _context_dim(unet) -> int:
-    block = next(m for m in unet.modules() if isinstance(m, BasicTransformerBlock))
-    return block.attn2.to_k.in_features
+    checks.check_latents(unet, latents, TuneError, min_frames=2)
+    checks.check_conditioning(unet, positive, TuneError, "positive conditioning")
 
 
 class _TrainingLoop(comfy.samplers.Sampler):
@@ -255,15 +238,16 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
     model = inflate.inflate(patcher)
     latents = latent["samples"]
     check_inputs(model, positive, latents)
-    key = tune_cache.cache_key(model, positive, latents, settings) if cache_dir else None
-    cached = tune_cache.load(cache_dir, key) if key else None
+    key = tune_cache.cache_key(model, positive, latent, settings) if cache_dir else None
+    expected = tune_cache.expected_entry(model, trainable_names(model, settings.trainable)) if key else None
+    cached = tune_cache.load(cache_dir, key, expected, settings.steps) if key else None
     if cached is not None:
         deltas, losses = cached
         logging.info("Tune-A-Video: One-Shot Tune found its result in the cache (%s); skipping %d steps.",
                      key, settings.steps)
     else:
         deltas, losses = _train(model, positive, latents, settings, on_step)
-        if key:
+        if key:  # a failed write only warns: the finished tune is kept
             tune_cache.store(cache_dir, key, deltas, losses)
     metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
                 "trainable": settings.trainable, "frames": int(latents.shape[0])}

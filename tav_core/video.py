@@ -5,6 +5,7 @@ streams: it decodes sequentially, keeps only the selected frames and shrinks
 each one right away. Source clips can be long and large; at most one frame at
 source resolution is alive at a time.
 """
+import contextlib
 import hashlib
 import math
 import os
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from . import container, files, sizes
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ("center crop", "stretch", "pad")
@@ -36,31 +39,43 @@ def probe_clip(path) -> ClipInfo:
     the decoder stops earlier.
     """
     path = os.fspath(path)
+    name = os.path.basename(path)  # messages reach the browser: never the server's paths
     if not os.path.isfile(path):
-        raise ClipError(f"Video file not found: {path}. Check the name or upload the clip again.")
-    cap = cv2.VideoCapture(path)
-    try:
-        if not cap.isOpened():
-            raise ClipError(f"{path} is not a readable video. Re-encode it as H.264 MP4 and load that file.")
-        frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        ok, frame = cap.read()
-    finally:
-        cap.release()
+        raise ClipError(f"Video file not found: {name}. Check the name or upload the clip again.")
+    with _opened(path) as source:
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        try:
+            if not cap.isOpened():
+                raise ClipError(f"{name} is not a readable video. Re-encode it as H.264 MP4 and load that file.")
+            frame_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            fps = cap.get(cv2.CAP_PROP_FPS)
+            ok, frame = cap.read()
+        finally:
+            cap.release()
     if frame_count <= 0 or not ok or frame is None:
-        raise ClipError(f"{path} has no decodable frames. Re-encode it as H.264 MP4 and load that file.")
+        raise ClipError(f"{name} has no decodable frames. Re-encode it as H.264 MP4 and load that file.")
     if not math.isfinite(fps) or fps <= 0:
-        raise ClipError(f"{path} reports no frame rate. Re-encode it with a fixed frame rate.")
+        raise ClipError(f"{name} reports no frame rate. Re-encode it with a fixed frame rate.")
     height, width = frame.shape[:2]
     return ClipInfo(frame_count=frame_count, fps=float(fps), width=width, height=height)
 
 
+@contextlib.contextmanager
+def _opened(path):
+    """The decoder's source for `path`, once the file is checked to be a single video container."""
+    try:
+        with container.checked_video(path, os.path.basename(path)) as source:
+            yield source
+    except container.ContainerError as e:
+        raise ClipError(str(e)) from e
+
+
 def check_size(width, height):
-    """Raise ClipError unless width and height suit the VAE (multiples of 8, at least 8)."""
-    for name, value in (("width", width), ("height", height)):
-        if value < 8 or value % 8:
-            raise ClipError(f"{name} {value} is not a positive multiple of 8; "
-                            f"the VAE needs multiples of 8. Use e.g. {max(8, round(value / 8) * 8)}.")
+    """Raise ClipError unless width and height follow the pack's size rule (multiples of 64, see sizes.py)."""
+    problem = sizes.size_problem(width, height, sizes.LOAD_VIDEO_MULTIPLE)
+    if problem:
+        raise ClipError(f"{problem}. Every Stable Diffusion UNet needs frame sides that are multiples of "
+                        f"{sizes.LOAD_VIDEO_MULTIPLE} (8 for the VAE times 2 per UNet downsampling).")
 
 
 def read_clip(path, frame_count, start_frame, frame_stride, width, height, resize_mode):
@@ -104,7 +119,11 @@ def _check_available(total, frame_count, start_frame, frame_stride):
 def _stream_selected(path, frame_count, start_frame, frame_stride):
     """Yield the selected BGR frames, grabbing (not converting) the ones in between."""
     last = start_frame + (frame_count - 1) * frame_stride
-    cap = cv2.VideoCapture(path)
+    with _opened(path) as source:
+        yield from _grab_selected(cv2.VideoCapture(source, cv2.CAP_FFMPEG), path, start_frame, frame_stride, last)
+
+
+def _grab_selected(cap, path, start_frame, frame_stride, last):
     try:
         for index in range(last + 1):
             if not cap.grab():
@@ -117,7 +136,7 @@ def _stream_selected(path, frame_count, start_frame, frame_stride):
             if index >= start_frame and (index - start_frame) % frame_stride == 0:
                 ok, frame = cap.retrieve()
                 if not ok:
-                    raise ClipError(f"Frame {index} of {path} could not be decoded. Re-encode the clip.")
+                    raise ClipError(f"Frame {index} of {os.path.basename(path)} could not be decoded. Re-encode the clip.")
                 yield frame
     finally:
         cap.release()
@@ -166,18 +185,30 @@ def resolve_input_path(name, input_dir) -> str:
     Names come from the browser, so absolute paths, `..` and symlinks that lead
     outside the input folder are refused.
     """
+    if not isinstance(name, str):
+        raise ClipError(f"the video must be a file name (text), not {type(name).__name__} {name!r}; "
+                        "pick a file from the list.")
     # ComfyUI's upload widget may annotate files of the input folder as "name [input]".
     if name.endswith(" [input]"):
         name = name[:-len(" [input]")]
-    outside = ClipError(f"{name!r} is not inside ComfyUI's input folder. Put the video file in "
-                        f"{input_dir} (or upload it with the node) and pick it from the list.")
-    if not name or os.path.isabs(name):
-        raise outside
-    base = os.path.realpath(input_dir)
-    resolved = os.path.realpath(os.path.join(base, name))
-    if os.path.commonpath([base, resolved]) != base:
-        raise outside
-    return resolved
+    try:
+        return files.resolve_inside(name, input_dir)
+    except files.OutsideError:
+        raise ClipError(f"{name!r} is not inside ComfyUI's input folder. Put the video file in the input "
+                        "folder (or upload it with the node) and pick it from the list.") from None
+
+
+def list_input_videos(input_dir) -> list[str]:
+    """Video files of the input folder and its subfolders, as names relative to it ("/"-separated)."""
+    found = []
+    for folder, subfolders, names in os.walk(input_dir, followlinks=False):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        relative = os.path.relpath(folder, input_dir)
+        for name in names:
+            path = os.path.join(folder, name)
+            if name.lower().endswith(VIDEO_EXTENSIONS) and os.path.isfile(path):
+                found.append(name if relative == "." else f"{relative}/{name}".replace(os.sep, "/"))
+    return sorted(found)
 
 
 def write_synthetic_clip(path, frames=32, size=256, fps=12):

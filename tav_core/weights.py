@@ -24,7 +24,7 @@ import torch
 
 import comfy.utils
 
-from . import inflate, tuned
+from . import files, inflate, tuned
 
 TEMPORAL_SUFFIXES = ("norm_temp.weight", "norm_temp.bias", "attn_temp.to_q.weight", "attn_temp.to_k.weight",
                      "attn_temp.to_v.weight", "attn_temp.to_out.0.weight", "attn_temp.to_out.0.bias")
@@ -104,7 +104,11 @@ def save_tuned(patcher, path, metadata: dict | None = None) -> dict[str, str]:
     tensors = {to_official[n]: v.cpu().contiguous() for n, v in tuned.effective_weights(patcher, names).items()}
     written = {**_strings(tuned.tuned_metadata(patcher)), **_strings(metadata or {}),
                HASH_KEY: base_model_hash(patcher), VERSION_KEY: pack_version()}
-    safetensors.torch.save_file(tensors, str(path), metadata=written)
+    try:
+        files.write_atomic(str(path), lambda partial: safetensors.torch.save_file(tensors, partial, metadata=written))
+    except Exception as e:  # SafetensorError, a full disk, no permission: say so plainly
+        raise WeightsError(f"could not write {Path(path).name} ({type(e).__name__}: {e}). Check the free space "
+                           "and permissions of ComfyUI's output folder.") from e
     return written
 
 
@@ -159,6 +163,12 @@ def _check(state: dict, to_ours: dict[str, str], tensors: dict[str, torch.Tensor
                            f"{', '.join(missing[:3])}), in blocks {', '.join(blocks)}: it is incomplete or "
                            "made for another UNet. Pick a complete file for this base model.")
     for official, value in state.items():
+        if not value.is_floating_point():
+            raise WeightsError(f"tensor {official} is {value.dtype} in the file; weights must be floating point. "
+                               "The file is damaged or not a weights file.")
+        if not torch.isfinite(value).all():
+            raise WeightsError(f"tensor {official} holds NaN or infinite values: the file is damaged (or its "
+                               "tuning diverged). Tune again, or pick another file.")
         expected = tensors[to_ours[official]].shape
         if value.shape != expected:
             raise WeightsError(f"tensor {official} has shape {tuple(value.shape)} in the file but "

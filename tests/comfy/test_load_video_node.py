@@ -28,7 +28,7 @@ def clip_dir(input_dir):
 
 def _run(node, **overrides):
     params = dict(video="clip.mp4", frame_count=6, start_frame=1, frame_stride=2,
-                  width=96, height=64, resize_mode="center crop") | overrides
+                  width=128, height=64, resize_mode="center crop") | overrides
     return node.execute(**params)
 
 
@@ -50,7 +50,7 @@ def test_schema_lists_input_videos_with_upload_and_tooltips(node, clip_dir):
 def test_execute_returns_frames_count_and_fps(node, clip_dir):
     images, frame_count, fps = _run(node).result
     assert isinstance(images, torch.Tensor) and images.dtype == torch.float32
-    assert images.shape == (6, 64, 96, 3)
+    assert images.shape == (6, 64, 128, 3)
     assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.05
     assert frame_count == 6 and isinstance(frame_count, int)
     assert fps == pytest.approx(6.0)
@@ -86,13 +86,14 @@ def test_fingerprint_follows_file_content(node, clip_dir):
 
 def test_validate_inputs(node, clip_dir):
     validate = node.validate_inputs
-    assert validate(video="clip.mp4", width=96, height=64) is True
+    assert validate(video="clip.mp4", width=128, height=64) is True
     assert validate(video="clip.mp4") is True  # width/height linked from another node
-    assert validate(video="missing.mp4", width=96, height=64).startswith(PREFIX)
-    assert "multiple of 8" in validate(video="clip.mp4", width=100, height=64)
+    assert validate(video="missing.mp4", width=128, height=64).startswith(PREFIX)
+    assert "width 100 is not a multiple of 64: use 64 or 128" in validate(video="clip.mp4", width=100, height=64)
+    assert "not int" in validate(video=3, width=128, height=64)
     # Declaring width/height in validate_inputs disables ComfyUI's own range check.
     assert "64 to 4096" in validate(video="clip.mp4", width=8192, height=64)
-    assert "input folder" in validate(video="../clip.mp4", width=96, height=64)
+    assert "input folder" in validate(video="../clip.mp4", width=128, height=64)
 
 
 def test_real_clip(node, clip_dir, real_clip):

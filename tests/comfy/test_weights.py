@@ -186,6 +186,15 @@ def _bad_file(case, official, saved, tmp_path):
     elif case == "other architecture":
         ours["down_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q.weight"] = torch.zeros(4, 4)
         pattern = r"1 tensors this model has no place for.*down_blocks\.3.*another architecture"
+    elif case == "NaN":
+        ours[key] = torch.full_like(ours[key], float("nan"))
+        pattern = re.escape(key) + " holds NaN or infinite values"
+    elif case == "infinite":
+        ours[key] = ours[key].clone().index_fill_(0, torch.tensor([0]), float("inf"))
+        pattern = re.escape(key) + " holds NaN or infinite values"
+    elif case == "integer":
+        ours[key] = ours[key].to(torch.int64)
+        pattern = re.escape(key) + " is torch.int64"
     elif case == "not safetensors":
         path.write_text("this is not a weights file")
         return path, r"could not read bad\.safetensors"
@@ -215,7 +224,7 @@ def assert_unchanged(patcher, before):
     assert (patcher.patches, patcher.additional_models, patcher.attachments) == (patches, additional, attachments)
 
 
-@pytest.mark.parametrize("case", ["reshaped", "missing mid block", "image unet", "other architecture",
+@pytest.mark.parametrize("case", ["reshaped", "NaN", "infinite", "integer", "missing mid block", "image unet", "other architecture",
                                   "not safetensors", "pickled code", "not tensors", "empty folder"])
 def test_bad_files_are_refused_and_the_model_is_untouched(case, official, saved, sd15, core, tmp_path):
     path, pattern = _bad_file(case, official, saved, tmp_path)
@@ -298,3 +307,63 @@ def test_node_errors_name_the_node(call, pattern, pack, sd15, output_dir):
     nodes = pack.nodes.weights
     with pytest.raises(ValueError, match=r"^(Save|Load) Tuned Weights \(Tune-A-Video\): .*" + pattern):
         call(nodes, sd15[0])
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    ("", "tuned_00001_.safetensors"), (".", "tuned_00001_.safetensors"), ("tuneavideo", "tuned_00001_.safetensors"),
+    ("tuneavideo/", "tuned_00001_.safetensors"), ("  ", "tuned_00001_.safetensors"),
+    ("clip/.", "clip_00001_.safetensors"),
+])
+def test_empty_prefixes_save_visible_files_readable_by_all(pack, tuned_model, output_dir, prefix, expected):
+    import os
+    import stat
+
+    result = pack.nodes.weights.SaveTuned.execute(model=tuned_model, filename_prefix=prefix)
+    assert result.ui.as_dict() == {"text": (expected,)}
+    path = output_dir / "tuneavideo" / expected
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failed_save_is_a_clear_error_and_leaves_no_file(pack, tuned_model, output_dir, monkeypatch):
+    def disk_full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pack.tav_core.weights.safetensors.torch, "save_file", disk_full)
+    with pytest.raises(ValueError, match=r"^Save Tuned Weights \(Tune-A-Video\): could not write .*No space left"):
+        pack.nodes.weights.SaveTuned.execute(model=tuned_model, filename_prefix="tuned")
+    assert list((output_dir / "tuneavideo").iterdir()) == []
+
+
+def test_links_out_of_the_folder_are_refused_like_load_video(pack, saved, sd15, output_dir, tmp_path):
+    """One path policy: a symlink in the weights folder (or in the input folder) pointing outside is refused."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "tuned.safetensors").write_bytes(saved.read_bytes())
+    folder = output_dir / "tuneavideo"
+    folder.mkdir(exist_ok=True)
+    (folder / "link.safetensors").symlink_to(outside / "tuned.safetensors")
+    (folder / "pipe" / "unet").mkdir(parents=True)
+    (folder / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").symlink_to(outside / "tuned.safetensors")
+    pack.nodes.weights.register_folder()  # picks up this test's output folder
+    for name in ("link.safetensors", "pipe"):
+        with pytest.raises(ValueError, match=r"^Load Tuned Weights \(Tune-A-Video\): .*outside"):
+            pack.nodes.weights.LoadTuned.execute(model=sd15[0], weights=name)
+    video = pack.tav_core.video
+    (output_dir / "input").mkdir()
+    (output_dir / "input" / "link.mp4").symlink_to(outside / "tuned.safetensors")
+    with pytest.raises(video.ClipError, match="not inside"):
+        video.resolve_input_path("link.mp4", str(output_dir / "input"))
+    # A folder that is itself a link (models on another disk) is fine for both.
+    linked = tmp_path / "linked-folder"
+    linked.symlink_to(outside, target_is_directory=True)
+    assert pack.tav_core.files.resolve_inside("tuned.safetensors", str(linked)) == str(outside / "tuned.safetensors")
+
+
+@pytest.mark.parametrize("weights", [7, None, "", "bad\0name.safetensors", "../../x.safetensors"])
+def test_bad_weight_names_get_clear_errors(pack, sd15, output_dir, weights):
+    with pytest.raises(ValueError, match=r"^Load Tuned Weights \(Tune-A-Video\): "):
+        pack.nodes.weights.LoadTuned.execute(model=sd15[0], weights=weights)

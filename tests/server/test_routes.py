@@ -51,3 +51,47 @@ def test_clip_info_refuses_an_unreadable_file(server):
         broken.unlink()
     assert status == 400
     assert "not a readable video" in body["error"] or "no decodable frames" in body["error"]
+
+
+def test_clip_info_answers_400_for_a_nul_byte(server):
+    with urllib.request.urlopen(f"{server.url}/system_stats", timeout=30):
+        pass
+    try:
+        urllib.request.urlopen(f"{server.url}/tuneavideo/clip_info?filename=%00", timeout=30)
+    except urllib.error.HTTPError as e:
+        status, body = e.code, json.loads(e.read())
+    assert status == 400 and "input folder" in body["error"]
+
+
+@pytest.fixture
+def playlist_to_outside(server, tmp_path):
+    """An HLS playlist in the input folder naming a real clip outside it (was decoded pixel for pixel)."""
+    from tav_core.video import write_synthetic_clip
+
+    secret = tmp_path / "secret.mp4"
+    write_synthetic_clip(secret, frames=12, size=(192, 64))
+    playlist = server.base_dir / "input" / "playlist.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{secret}\n#EXT-X-ENDLIST\n")
+    yield playlist, secret
+    playlist.unlink()
+
+
+def test_clip_info_refuses_a_playlist_to_a_file_outside(server, playlist_to_outside):
+    playlist, secret = playlist_to_outside
+    status, body = clip_info(server, playlist.name)
+    assert status == 400
+    assert "not a single video container" in body["error"] or "not a readable video" in body["error"]
+    assert str(secret) not in body["error"] and str(server.base_dir) not in body["error"]
+
+
+def test_load_video_refuses_a_playlist_to_a_file_outside(server, playlist_to_outside):
+    from tav_core.testing.server import ExecutionError
+
+    playlist, secret = playlist_to_outside
+    prompt = {"1": {"class_type": "TAVLoadVideo", "inputs": {
+                  "video": playlist.name, "frame_count": 4, "start_frame": 0, "frame_stride": 1, "width": 64,
+                  "height": 64, "resize_mode": "center crop"}},
+              "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    with pytest.raises(ExecutionError, match="not a single video container|not a readable video") as error:
+        server.run(prompt, timeout=120)
+    assert str(secret) not in str(error.value)

@@ -48,6 +48,9 @@ def test_load_video_through_the_queue(server):
     ({"video": "missing.mp4"}, "not found"),
     ({"frame_count": 500}, "available"),
     ({"start_frame": 10_000}, "beyond"),
+    ({"video": 7}, "file name"),
+    ({"video": "clip.mp4\u0000.mp4"}, "input folder"),
+    ({"width": 100}, "width 100 is not a multiple of 64: use 64 or 128"),
 ])
 def test_bad_input_gets_a_clear_error(server, overrides, expected):
     try:
@@ -65,3 +68,13 @@ def test_bad_input_gets_a_clear_error(server, overrides, expected):
 def test_server_stays_usable_after_errors(server):
     history = server.run(load_video_prompt(frame_count=4), timeout=60)
     assert len(history["outputs"]["2"]["images"]) == 4
+
+
+def test_clips_in_subfolders_are_offered_and_load(server):
+    folder = server.base_dir / "input" / "trips"
+    folder.mkdir(exist_ok=True)
+    (folder / "ski.mp4").write_bytes((server.base_dir / "input" / SERVER_CLIP).read_bytes())
+    options = server.get("/object_info/TAVLoadVideo")["TAVLoadVideo"]["input"]["required"]["video"][1]["options"]
+    assert "trips/ski.mp4" in options
+    history = server.run(load_video_prompt(video="trips/ski.mp4", frame_count=2), timeout=60)
+    assert len(history["outputs"]["2"]["images"]) == 2

@@ -1,6 +1,7 @@
 """tav_core.video against independent references: a naive full decode with cv2.read()
 and the textbook resize recipes, on synthetic clips and the real Tune-A-Video clips."""
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -98,12 +99,12 @@ def test_selection_matches_naive_decode(wide_clip, frame_count, start, stride):
 
 
 def test_stretch_matches_plain_resize(wide_clip):
-    frames, _ = clip_io.read_clip(wide_clip, 3, 2, 4, 64, 96, "stretch")
-    expected = to_rgb01([_resize(f, 64, 96) for f in reference_frames(wide_clip, [2, 6, 10])])
+    frames, _ = clip_io.read_clip(wide_clip, 3, 2, 4, 64, 128, "stretch")
+    expected = to_rgb01([_resize(f, 64, 128) for f in reference_frames(wide_clip, [2, 6, 10])])
     np.testing.assert_allclose(frames, expected, atol=1 / 255)
 
 
-@pytest.mark.parametrize("width,height", [(64, 64), (64, 48), (48, 64), (96, 96)])
+@pytest.mark.parametrize("width,height", [(64, 64), (256, 64), (64, 128), (128, 128)])
 def test_center_crop_matches_scale_then_crop(wide_clip, width, height):
     frames, _ = clip_io.read_clip(wide_clip, 3, 1, 6, width, height, "center crop")
     source = reference_frames(wide_clip, [1, 7, 13])
@@ -184,9 +185,14 @@ def test_start_beyond_end_names_clip_length(wide_clip):
         clip_io.read_clip(wide_clip, 1, 20, 1, 64, 64, "stretch")
 
 
-@pytest.mark.parametrize("width,height", [(60, 64), (64, 100), (0, 64)])
-def test_size_must_be_multiple_of_8(wide_clip, width, height):
-    with pytest.raises(ClipError, match="multiple of 8"):
+@pytest.mark.parametrize("width,height,message", [
+    (60, 64, "width 60 is not a multiple of 64: use 64"),
+    (64, 100, "height 100 is not a multiple of 64: use 64 or 128"),
+    (0, 64, "width 0 is not a multiple of 64: use 64"),
+    (520, 8, "width 520 is not a multiple of 64: use 512 or 576; height 8 is not a multiple of 64: use 64"),
+])
+def test_size_rule_names_the_nearest_valid_sizes(wide_clip, width, height, message):
+    with pytest.raises(ClipError, match=re.escape(message)):
         clip_io.read_clip(wide_clip, 1, 0, 1, width, height, "stretch")
 
 
