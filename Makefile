@@ -10,8 +10,9 @@ setup:
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) scripts/demo.py
 
+# Runs on the pinned ComfyUI, then on ../shared/comfyui's newest one when it is there.
 test: setup
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest tests -v -rs --durations=15
+	@bash scripts/test.sh
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

@@ -150,9 +150,9 @@ def prompt(id, pos, text, clip=(1, 1)):
     return Node(id, "CLIPTextEncode", pos, {"text": text}, {"clip": clip})
 
 
-def save_video(id, pos, images, fps, prefix):
-    """VAE-decoded frames -> CreateVideo -> SaveVideo (h264 mp4)."""
-    return [Node(id, "CreateVideo", pos, links={"images": images, "fps": fps}),
+def save_video(id, pos, images, fps, audio, prefix):
+    """VAE-decoded frames -> CreateVideo with the loaded clip's fps and sound -> SaveVideo (h264 mp4)."""
+    return [Node(id, "CreateVideo", pos, links={"images": images, "fps": fps, "audio": audio}),
             Node(id + 1, "SaveVideo", (pos[0] + 320, pos[1]),
                  {"filename_prefix": prefix, "format": "mp4", "codec": "h264"}, {"video": (id, 0)})]
 
@@ -181,7 +181,7 @@ def edit(id, pos, model, positive, negative, latent, prefix) -> list[Node]:
     return [Node(id, "TAVVideoSample", pos, dict(SAMPLE),
                  {"model": model, "positive": positive, "negative": negative, "latent": latent}),
             Node(id + 1, "VAEDecode", (pos[0] + 340, pos[1]), links={"samples": (id, 0), "vae": (1, 2)}),
-            *save_video(id + 2, (pos[0] + 680, pos[1]), (id + 1, 0), (2, 2), prefix)]
+            *save_video(id + 2, (pos[0] + 680, pos[1]), (id + 1, 0), (2, 2), (2, 3), prefix)]
 
 
 def tune_a_video() -> Workflow:

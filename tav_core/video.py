@@ -83,6 +83,17 @@ def read_clip(path, frame_count, start_frame, frame_stride, width, height, resiz
 
     Returns (frames float32 [F, H, W, 3] RGB in 0..1, fps / frame_stride).
     """
+    check_request(frame_count, start_frame, frame_stride, width, height, resize_mode)
+    info = probe_clip(path)
+    _check_available(info.frame_count, frame_count, start_frame, frame_stride)
+    frames = np.empty((frame_count, height, width, 3), dtype=np.float32)
+    for i, frame in enumerate(_stream_selected(os.fspath(path), frame_count, start_frame, frame_stride)):
+        frames[i] = _fit(frame, width, height, resize_mode)
+    return frames, info.fps / frame_stride
+
+
+def check_request(frame_count, start_frame, frame_stride, width, height, resize_mode):
+    """Raise ClipError unless the frame selection and the output size are usable (any source)."""
     check_size(width, height)
     if frame_count < 1:
         raise ClipError(f"frame_count is {frame_count}; ask for at least 1 frame.")
@@ -92,12 +103,6 @@ def read_clip(path, frame_count, start_frame, frame_stride, width, height, resiz
         raise ClipError(f"start_frame is {start_frame}; use 0 or more.")
     if resize_mode not in RESIZE_MODES:
         raise ClipError(f"resize_mode {resize_mode!r} is unknown; use one of {', '.join(RESIZE_MODES)}.")
-    info = probe_clip(path)
-    _check_available(info.frame_count, frame_count, start_frame, frame_stride)
-    frames = np.empty((frame_count, height, width, 3), dtype=np.float32)
-    for i, frame in enumerate(_stream_selected(os.fspath(path), frame_count, start_frame, frame_stride)):
-        frames[i] = _fit(frame, width, height, resize_mode)
-    return frames, info.fps / frame_stride
 
 
 def _available(total, start_frame, frame_stride):

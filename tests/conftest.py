@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = PACK_ROOT / "artifacts"
+# The second `make test` run (the newest ComfyUI) keeps its screenshots apart.
+ARTIFACTS = Path(os.environ.get("TAV_ARTIFACTS") or PACK_ROOT / "artifacts")
 SERVER_CLIP = "clip.mp4"
 
 
@@ -62,3 +63,15 @@ def server(tmp_path_factory, tiny_checkpoint, synthetic_clip, request):
         yield running
         if request.session.testsfailed:
             print(f"--- ComfyUI log tail ({running.log_path}) ---\n{running.log_tail()}")
+
+
+def pytest_report_header(config):
+    from tav_core.testing.server import comfyui_dir
+
+    version_file = comfyui_dir() / "comfyui_version.py"
+    version = "unknown"
+    if version_file.exists():
+        for line in version_file.read_text().splitlines():
+            if line.startswith("__version__"):
+                version = line.split("=", 1)[1].strip().strip("\"'")
+    return f"ComfyUI {version} at {comfyui_dir()}"

@@ -38,6 +38,24 @@ class ExecutionError(RuntimeError):
         super().__init__(f"{message.get('node_type')} failed: {message.get('exception_message', '').strip()}")
 
 
+class PromptRejected(RuntimeError):
+    """`POST /prompt` refused the prompt (validation); `body` is ComfyUI's JSON answer."""
+
+    def __init__(self, status: int, text: str):
+        self.status = status
+        try:
+            self.body = json.loads(text)
+        except ValueError:
+            self.body = {}
+        super().__init__(f"POST /prompt -> {status}: {text}")
+
+    def input_errors(self, node_id: str) -> dict:
+        """{input name: the value it got} for each input that validation refused on node `node_id`."""
+        errors = self.body.get("node_errors", {}).get(node_id, {}).get("errors", [])
+        return {e["extra_info"]["input_name"]: e["extra_info"].get("received_value")
+                for e in errors if "input_name" in e.get("extra_info", {})}
+
+
 class ComfyServer:
     """Start ComfyUI with `--base-directory base_dir` and the pack linked into its custom_nodes."""
 
@@ -117,8 +135,14 @@ class ComfyServer:
         return json.loads(body) if body else None
 
     def queue(self, prompt: dict) -> str:
-        """Queue an API-format workflow; returns its prompt id (validation errors raise)."""
-        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+        """Queue an API-format workflow; returns its prompt id (validation errors raise PromptRejected)."""
+        req = urllib.request.Request(self.url + "/prompt", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"prompt": prompt, "client_id": self.client_id}).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())["prompt_id"]
+        except urllib.error.HTTPError as e:
+            raise PromptRejected(e.code, e.read().decode(errors="replace")) from e
 
     def interrupt(self) -> None:
         self.post("/interrupt", {})

@@ -23,7 +23,9 @@ PREVIEW_OF = """([id, name, ready]) => {
     const video = root?.querySelector("video");
     const info = root?.querySelector(".tav-clip-info")?.textContent ?? "";
     const src = video ? new URL(video.src, location.href) : null;
-    if (!src || src.searchParams.get("filename") !== name || !/frames|error|cannot/i.test(info)) return null;
+    // "Reading the clip… (no preview: the browser cannot decode this clip)" comes before the server's answer.
+    if (!src || src.searchParams.get("filename") !== name || info.startsWith("Reading the clip")
+        || !/frames|error|cannot/i.test(info)) return null;
     if (ready && video.readyState < 1) return null;
     return {path: src.pathname, type: src.searchParams.get("type"), info, readyState: video.readyState,
             muted: video.muted, loop: video.loop, visible: root.getBoundingClientRect().height > 0};

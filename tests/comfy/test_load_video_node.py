@@ -42,18 +42,19 @@ def test_schema_lists_input_videos_with_upload_and_tooltips(node, clip_dir):
     assert inputs["video"][1]["video_upload"] is True
     assert inputs["resize_mode"][1]["options"] == ["center crop", "stretch", "pad"]
     assert all(spec[1].get("tooltip") for spec in inputs.values())
-    assert info["output"] == ["IMAGE", "INT", "FLOAT"]
-    assert info["output_name"] == ["IMAGE", "frame_count", "fps"]
+    assert info["output"] == ["IMAGE", "INT", "FLOAT", "AUDIO"]
+    assert info["output_name"] == ["IMAGE", "frame_count", "fps", "audio"]
     assert all(info["output_tooltips"])
 
 
 def test_execute_returns_frames_count_and_fps(node, clip_dir):
-    images, frame_count, fps = _run(node).result
+    images, frame_count, fps, audio = _run(node).result
     assert isinstance(images, torch.Tensor) and images.dtype == torch.float32
     assert images.shape == (6, 64, 128, 3)
     assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.05
     assert frame_count == 6 and isinstance(frame_count, int)
     assert fps == pytest.approx(6.0)
+    assert audio is None  # clip.mp4 (OpenCV's mp4v) has no audio track
 
 
 @pytest.mark.parametrize("video,detail", [
@@ -98,7 +99,7 @@ def test_validate_inputs(node, clip_dir):
 
 def test_real_clip(node, clip_dir, real_clip):
     shutil.copy(real_clip, clip_dir / "skiing.mp4")
-    images, frame_count, fps = _run(node, video="skiing.mp4", frame_count=8, start_frame=0,
-                                    frame_stride=4, width=256, height=256).result
+    images, frame_count, fps, _ = _run(node, video="skiing.mp4", frame_count=8, start_frame=0,
+                                       frame_stride=4, width=256, height=256).result
     assert images.shape == (8, 256, 256, 3) and frame_count == 8
     assert fps == pytest.approx(29.97 / 4, abs=0.01)
