@@ -28,7 +28,7 @@ def node(pack):
 
 
 def run(node, **overrides):
-    params = dict(video="unused.mp4", frame_count=6, start_frame=1, frame_stride=2, width=96, height=64,
+    params = dict(video="unused.mp4", frame_count=6, start_frame=1, frame_stride=2, width=128, height=64,
                   resize_mode="stretch") | overrides
     return node.execute(**params).result
 
@@ -55,7 +55,7 @@ def test_decoded_video_components_are_selected_like_a_file(node, audio_clip):
 
     from comfy_api.latest import InputImpl, Types
 
-    images = torch.rand(FRAMES, 64, 96, 3)
+    images = torch.rand(FRAMES, 64, 128, 3)
     waveform = torch.linspace(-1, 1, SAMPLE_RATE * 3).reshape(1, 1, -1)
     components = Types.VideoComponents(images=images, audio={"waveform": waveform, "sample_rate": SAMPLE_RATE},
                                        frame_rate=Fraction(FPS))
@@ -94,7 +94,7 @@ def test_the_file_path_also_gives_its_audio_and_silent_clips_none(node, audio_cl
 @pytest.mark.parametrize("overrides, expected", [
     ({"start_frame": 500}, "beyond the end"),
     ({"frame_count": 30}, "only 18 are available"),
-    ({"width": 100}, "multiple of 8"),
+    ({"width": 100}, "multiple of 64"),
 ])
 def test_a_video_input_gets_the_same_errors(node, audio_clip, overrides, expected):
     from comfy_api.latest import InputImpl
