@@ -101,12 +101,12 @@ def test_a_folder_of_frames_becomes_a_lossless_clip(tmp_path):
     from tav_core.video import read_clip
 
     rng = np.random.default_rng(0)
-    frames = [(rng.random((48, 64, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    frames = [(rng.random((64, 64, 3)) * 255).astype(np.uint8) for _ in range(3)]
     (tmp_path / "frames").mkdir()
     for i, frame in enumerate(frames):
         cv2.imwrite(str(tmp_path / "frames" / f"{i:05}.png"), frame)
     clip = frames_to_video(tmp_path / "frames", tmp_path / "clip.avi", fps=8)
-    loaded, fps = read_clip(clip, 3, 0, 1, 64, 48, "stretch")
+    loaded, fps = read_clip(clip, 3, 0, 1, 64, 64, "stretch")
     assert fps == pytest.approx(8)
     assert np.array_equal((loaded * 255).round().astype(np.uint8), np.stack(frames)[..., ::-1])
 
