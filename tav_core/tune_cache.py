@@ -14,7 +14,7 @@ import os
 import safetensors.torch
 import torch
 
-from . import inflate
+from . import inflate, windows
 
 CACHE_FORMAT = 1
 _RESULT_SETTINGS = ("steps", "learning_rate", "seed", "trainable", "precision", "optimizer", "betas",
@@ -55,6 +55,9 @@ def cache_key(patcher, positive, latents: torch.Tensor, settings) -> str:
     _feed(digest, latents)
     _feed(digest, [[c, {k: v for k, v in o.items() if torch.is_tensor(v)}] for c, o in positive])
     _feed(digest, {name: getattr(settings, name) for name in _RESULT_SETTINGS})
+    window = windows.effective(settings.window_frames, latents.shape[0])
+    if window:  # only then: a window no shorter than the clip tunes exactly as the whole clip does
+        _feed(digest, {"window_frames": window})
     return digest.hexdigest()
 
 

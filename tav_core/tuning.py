@@ -27,7 +27,7 @@ import comfy.samplers
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample
 
-from . import checkpointing, inflate, tune_cache, tuned
+from . import checkpointing, inflate, tune_cache, tuned, windows
 
 PRESETS = {
     "paper (attn1.to_q, attn2.to_q, attn_temp)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
@@ -55,6 +55,7 @@ class TuneSettings:
     checkpoint_blocks: str = checkpointing.ALL_BLOCKS  # which blocks, when checkpointing is on
     precision: str = "auto"
     optimizer: str = "AdamW"
+    window_frames: int = 0  # frames per optimiser step (windows.py); 0 = the whole clip
     # The official optimiser settings.
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 1e-2
@@ -66,6 +67,10 @@ class TuneSettings:
                               ("precision", PRECISIONS), ("optimizer", OPTIMIZERS)):
             if getattr(self, name) not in choices:
                 raise TuneError(f"unknown {name} {getattr(self, name)!r}; choose one of {list(choices)}.")
+        try:
+            windows.check(self.window_frames)
+        except windows.WindowError as e:
+            raise TuneError(str(e)) from e
 
 
 @dataclass
@@ -194,9 +199,17 @@ class _TrainingLoop(comfy.samplers.Sampler):
         params = [p for a in self.adapters.values() for p in a.parameters()]
         optimizer = _make_optimizer(s.optimizer, params, s)
         scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
-        x0 = latent_image
+        clip = latent_image
+        window_frames = windows.effective(s.window_frames, clip.shape[0])
+        # Its own stream, so that the noise and timestep stream is the whole-clip path's.
+        window_generator = torch.Generator(device="cpu").manual_seed(s.seed)
+        transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
         for step in range(s.steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
+            window = windows.training_window(clip.shape[0], window_frames, window_generator) if window_frames else None
+            x0 = clip if window is None else window.get_tensor(clip)
+            if window is not None:  # the inflated model reads the window video's layout here, as in sampling
+                transformer_options[windows.CONTEXT_WINDOW] = window
             t = int(torch.randint(0, len(model_sampling.sigmas), (1,), generator=generator))
             eps = torch.randn(x0.shape, generator=generator).to(device)
             sigma = model_sampling.sigmas[t].to(device).clone().expand(x0.shape[0])  # not an inference tensor
@@ -212,6 +225,8 @@ class _TrainingLoop(comfy.samplers.Sampler):
                 target = alpha.sqrt() * eps - (1 - alpha).sqrt() * x0
             else:
                 prediction, target = predicted_eps, eps
+            if window is not None:  # the anchors are context, not training frames
+                prediction, target = window.strip(prediction), window.strip(target)
             loss = torch.nn.functional.mse_loss(prediction, target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -228,6 +243,7 @@ class _TrainingLoop(comfy.samplers.Sampler):
             self.losses.append(float(loss.detach()))
             if self.on_step:
                 self.on_step(step + 1, s.steps, self.losses[-1])
+        transformer_options.pop(windows.CONTEXT_WINDOW, None)
         optimizer.zero_grad(set_to_none=True)  # the gradients are not needed past the last step
         return latent_image
 
@@ -242,6 +258,10 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
     model = inflate.inflate(patcher)
     latents = latent["samples"]
     check_inputs(model, positive, latents)
+    if model.model_options.get("context_handler") is not None:
+        raise TuneError("the model carries core context windows (a Context Windows node before One-Shot Tune); "
+                        "tuning windows with its own window_frames input. Move the Context Windows node after "
+                        "One-Shot Tune.")
     key = tune_cache.cache_key(model, positive, latents, settings) if cache_dir else None
     cached = tune_cache.load(cache_dir, key) if key else None
     if cached is not None:
@@ -253,7 +273,8 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
         if key:
             tune_cache.store(cache_dir, key, deltas, losses)
     metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
-                "trainable": settings.trainable, "frames": int(latents.shape[0])}
+                "trainable": settings.trainable, "frames": int(latents.shape[0]),
+                "window_frames": windows.effective(settings.window_frames, int(latents.shape[0]))}
     return TuneResult(tuned.add_deltas(model, deltas, metadata), losses)
 
 
