@@ -253,3 +253,75 @@ def test_bad_window_values_name_the_input(pack, core, inflated, latents, prompts
     # A window longer than the clip is fine: the whole clip.
     out = invert_node.execute(inflated, latent, prompts[""], 2, window_frames=FRAMES * 4, window_overlap=4)
     assert out[0]["samples"].shape == latents.shape
+
+
+# --- One-Shot Tune on windows ----------------------------------------------------------------------------
+
+def tune(core, model, positive, latents, **overrides):
+    settings = core.tuning.TuneSettings(**{"steps": 2, "learning_rate": 1e-3, "seed": 5, **overrides})
+    with torch.inference_mode():
+        return core.tuning.tune(model, positive, {"samples": latents}, settings)
+
+
+def tuned_deltas(core, result):
+    names = core.tuning.trainable_names(result.model, core.tuning.TuneSettings().trainable)
+    return core.tuned.effective_weights(result.model, names)
+
+
+def test_tuning_with_a_window_no_shorter_than_the_clip_is_bit_identical(core, inflated, latents, prompts):
+    today = tune(core, inflated, prompts["a red car"], latents)
+    for window in (FRAMES, FRAMES + 3):
+        got = tune(core, inflated, prompts["a red car"], latents, window_frames=window)
+        assert got.losses == today.losses
+        expected = tuned_deltas(core, today)
+        assert all(torch.equal(v, expected[k]) for k, v in tuned_deltas(core, got).items())
+        assert core.tuned.tuned_metadata(got.model)["window_frames"] == 0
+
+
+def test_tuning_windows_follow_the_anchor_rule(core, inflated, latents, prompts):
+    """With learning rate 0 every step's loss is the start model's on its window: recompute it plainly."""
+    seed, window = 5, 3
+    got = tune(core, inflated, prompts["a red car"], latents, steps=3, learning_rate=0.0, window_frames=window,
+               seed=seed)
+    naive = NaiveWindowedEps(core, inflated, anchored=True)
+    core.inflate.load(naive.patcher)
+    sampling = inflated.get_model_object("model_sampling")
+    x0_clip = latents * 0.18215
+    windows_rng, rng = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    expected, starts = [], []
+    for _ in range(3):
+        start = int(torch.randint(0, FRAMES - window + 1, (1,), generator=windows_rng))
+        members = list(range(start, start + window))
+        anchors = [f for f in sorted({0, start - 1}) if f >= 0 and f not in members]
+        naive.current_rows = anchors + members
+        t = int(torch.randint(0, len(sampling.sigmas), (1,), generator=rng))
+        x0 = x0_clip[naive.current_rows]
+        eps = torch.randn(x0.shape, generator=rng)
+        sigma = float(sampling.sigmas[t])
+        with torch.inference_mode():
+            out = naive.unet_eps((x0 + sigma * eps) / (1 + sigma ** 2) ** 0.5, t, prompts["a red car"][0][0])
+        expected.append(float(torch.nn.functional.mse_loss(out[len(anchors):], eps[len(anchors):])))
+        starts.append(start)
+    print("window starts", starts, "losses", got.losses, "naive", expected)
+    assert len(set(starts)) > 1 and max(starts) > 1  # windows with anchors were drawn
+    assert got.losses == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_windowed_tuning_trains_and_is_keyed_and_recorded_by_its_window(core, inflated, latents, prompts):
+    result = tune(core, inflated, prompts["a red car"], latents, window_frames=4)
+    start = core.tuned.effective_weights(inflated, list(tuned_deltas(core, result)))
+    assert any(not torch.equal(v, start[k]) for k, v in tuned_deltas(core, result).items())
+    assert core.tuned.tuned_metadata(result.model)["window_frames"] == 4
+
+    def key(window):
+        return core.tune_cache.cache_key(inflated, prompts["a red car"], latents,
+                                         core.tuning.TuneSettings(window_frames=window))
+
+    assert key(0) == key(FRAMES) == key(FRAMES + 1)  # the whole clip, however asked for
+    assert len({key(0), key(4), key(5)}) == 3
+
+
+def test_tuning_refuses_core_context_windows_on_its_model(core, inflated, latents, prompts):
+    model = core.windows.with_windows(inflated, WINDOW, OVERLAP)
+    with pytest.raises(core.tuning.TuneError, match="window_frames"):
+        tune(core, model, prompts["a red car"], latents)
