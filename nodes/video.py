@@ -32,8 +32,11 @@ class LoadVideo(io.ComfyNode):
             inputs=[
                 io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
                                tooltip="Video file in ComfyUI's input folder; use the upload button to add one."),
-                io.Int.Input("frame_count", default=24, min=1,
-                             tooltip="How many frames to load. Tune-A-Video typically tunes on 8 to 24 frames."),
+                io.Int.Input("frame_count", default=24, min=0,
+                             tooltip="How many frames to load; 0 loads every frame to the end of the clip (after "
+                                     "start_frame and frame_stride). Tune-A-Video tunes on 8 to 24 frames; longer "
+                                     "clips want window_frames on One-Shot Tune, DDIM Invert and Video Sample. An "
+                                     "excerpt that would not fit in memory is refused before decoding."),
                 io.Int.Input("start_frame", default=0, min=0, tooltip="Index of the first frame to load (0 = first frame of the clip)."),
                 io.Int.Input("frame_stride", default=2, min=1,
                              tooltip="Take every n-th frame: 1 keeps every frame, 2 every other one (covers twice the time)."),
