@@ -61,15 +61,15 @@ class OneShotTune(io.ComfyNode):
                 io.Combo.Input("optimizer", options=list(tuning.OPTIMIZERS), default=defaults.optimizer,
                                tooltip="AdamW as the official code (betas 0.9/0.999, weight decay 1e-2); "
                                        "AdamW 8-bit needs bitsandbytes."),
+                io.Boolean.Input("cache", default=False,
+                                 tooltip="Keep the tuned weights on disk (models/tuneavideo_cache), keyed by "
+                                         "model, latents, prompt and settings: re-running skips the tuning."),
                 io.Int.Input("window_frames", default=defaults.window_frames, min=0, max=4096,
                              tooltip="0: every step trains on the whole clip (the paper). Otherwise each step trains "
                                      "on a window of this many consecutive frames, drawn with the seed, plus the "
                                      "clip's frame 0 and the frame before the window (the sparse-causal anchor, as "
                                      "DDIM Invert and Video Sample use it): memory depends on the window, not on "
                                      "the clip. A window no shorter than the clip is the whole clip."),
-                io.Boolean.Input("cache", default=False,
-                                 tooltip="Keep the tuned weights on disk (models/tuneavideo_cache), keyed by "
-                                         "model, latents, prompt and settings: re-running skips the tuning."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL",

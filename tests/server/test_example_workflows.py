@@ -83,5 +83,5 @@ def test_other_workflows(server, test_models, name):
 
 def test_every_workflow_is_covered():
     covered = {"tune-a-video", "reuse-tuned-weights", "controlnet-pose", "personalised-lora",
-               "text-to-video-from-noise"}
+               "text-to-video-from-noise", "long-clip"}  # long-clip: tests/server/test_long_clip.py
     assert {p.stem for p in API_DIR.glob("*.json")} == covered
