@@ -1,11 +1,30 @@
 """DDIM Invert and Video Sample: Tune-A-Video's inference, on ComfyUI's sampling machinery."""
 from comfy_api.latest import io
 
-from ..tav_core import sampling
+from ..tav_core import sampling, windows
 
 CATEGORY = "Tune-A-Video"
 STEPS_TOOLTIP = ("DDIM steps (the paper: 50; timesteps 981, 961, ..., 1). DDIM Invert and Video Sample "
                  "must use the same number.")
+
+
+WINDOW_INPUTS = [
+    io.Int.Input("window_frames", default=0, min=0, max=4096,
+                 tooltip="0: the whole clip in one pass (the paper). Otherwise the model runs over windows of this "
+                         "many frames, and memory depends on the window, not on the clip. Every window also sees "
+                         "the clip's frame 0 and the frame before it (the sparse-causal anchor); temporal attention "
+                         "and the video GroupNorm work within a window."),
+    io.Int.Input("window_overlap", default=4, min=0, max=4095,
+                 tooltip="Frames that neighbouring windows share; their results are blended (pyramid weights). "
+                         "Must be smaller than window_frames. Ignored when window_frames is 0."),
+]
+
+
+def _windowed(model, window_frames, window_overlap, prefix):
+    try:
+        return windows.with_windows(model, window_frames, window_overlap)
+    except windows.WindowError as e:
+        raise ValueError(prefix + str(e)) from e
 
 
 def _latent_without_marker(latent: dict, samples) -> dict:
@@ -40,6 +59,7 @@ class DDIMInvert(io.ComfyNode):
                                       tooltip="Prompt the inversion is guided by. The paper inverts with no text: "
                                               "wire a CLIP Text Encode of the empty prompt."),
                 io.Int.Input("steps", default=50, min=1, max=999, tooltip=STEPS_TOOLTIP),
+                *WINDOW_INPUTS,
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT",
@@ -53,15 +73,16 @@ class DDIMInvert(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
+    def execute(cls, model, latent, conditioning, steps, window_frames=0, window_overlap=4) -> io.NodeOutput:
         _refuse_masks(latent, cls.PREFIX)
         samples = latent["samples"]
+        windowed = _windowed(model, window_frames, window_overlap, cls.PREFIX)
         try:
-            inverted = sampling.ddim_invert(model, samples, conditioning, steps)
+            inverted = sampling.ddim_invert(windowed, samples, conditioning, steps)
             out = _latent_without_marker(latent, inverted)
             out[sampling.INVERSION_KEY] = sampling.inversion_marker(model, steps, inverted)
             return io.NodeOutput(out, sampling.InversionNoise(model, inverted, steps))
-        except sampling.SamplingError as e:
+        except (sampling.SamplingError, windows.WindowError) as e:
             raise ValueError(cls.PREFIX + str(e)) from e
 
 
@@ -92,19 +113,22 @@ class VideoSample(io.ComfyNode):
                              tooltip="Seeds the starting noise (when not from an inversion) and the eta noise."),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="DDIM stochasticity: 0 is deterministic DDIM (the paper), 1 is DDPM-like."),
+                *WINDOW_INPUTS,
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The video's latents [frames, 4, h, w]; "
                                                                      "decode them with VAE Decode.")],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, latent, steps, cfg, seed, eta) -> io.NodeOutput:
+    def execute(cls, model, positive, negative, latent, steps, cfg, seed, eta, window_frames=0,
+                window_overlap=4) -> io.NodeOutput:
         _refuse_masks(latent, cls.PREFIX)
+        windowed = _windowed(model, window_frames, window_overlap, cls.PREFIX)
         try:
             from_inversion = sampling.check_inversion(latent, steps)
-            samples = sampling.ddim_sample(model, positive, negative, latent["samples"], steps, cfg, eta, seed,
+            samples = sampling.ddim_sample(windowed, positive, negative, latent["samples"], steps, cfg, eta, seed,
                                            from_inversion)
-        except sampling.SamplingError as e:
+        except (sampling.SamplingError, windows.WindowError) as e:
             raise ValueError(cls.PREFIX + str(e)) from e
         return io.NodeOutput(_latent_without_marker(latent, samples))
 

@@ -66,6 +66,12 @@ class OneShotTune(io.ComfyNode):
                 io.Boolean.Input("cache", default=False,
                                  tooltip="Keep the tuned weights on disk (models/tuneavideo_cache), keyed by "
                                          "model, latents, prompt and settings: re-running skips the tuning."),
+                io.Int.Input("window_frames", default=defaults.window_frames, min=0, max=4096,
+                             tooltip="0: every step trains on the whole clip (the paper). Otherwise each step trains "
+                                     "on a window of this many consecutive frames, drawn with the seed, plus the "
+                                     "clip's frame 0 and the frame before the window (the sparse-causal anchor, as "
+                                     "DDIM Invert and Video Sample use it): memory depends on the window, not on "
+                                     "the clip. A window no shorter than the clip is the whole clip."),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL",
@@ -77,12 +83,12 @@ class OneShotTune(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, steps, learning_rate, seed, trainable, gradient_checkpointing,
-                checkpoint_blocks, precision, optimizer, cache) -> io.NodeOutput:
+                checkpoint_blocks, precision, optimizer, cache, window_frames=0) -> io.NodeOutput:
         try:
             settings = tuning.TuneSettings(steps=steps, learning_rate=learning_rate, seed=seed, trainable=trainable,
                                            gradient_checkpointing=gradient_checkpointing,
                                            checkpoint_blocks=checkpoint_blocks, precision=precision,
-                                           optimizer=optimizer)
+                                           optimizer=optimizer, window_frames=window_frames)
         except tuning.TuneError as e:
             raise ValueError(PREFIX + str(e)) from e
         progress = ProgressBar(steps)

@@ -26,8 +26,9 @@ def _audio(samples, sample_rate):
     return None if samples is None else {"waveform": torch.as_tensor(samples)[None], "sample_rate": sample_rate}
 
 
-def _file_audio(source, source_fps, selection):
-    frame_count, start_frame, frame_stride = selection[:3]
+def _file_audio(source, source_fps, frame_count, selection):
+    """The audio under the loaded frames (frame_count: how many loaded; selection's may be 0, "to the end")."""
+    start_frame, frame_stride = selection[1:3]
     found = video_av.read_audio(source, *video_av.excerpt_seconds(source_fps, start_frame, frame_count, frame_stride))
     return None if found is None else _audio(*found)
 
@@ -41,13 +42,13 @@ def _from_video_input(video_input, selection):
         frames = video_av.select_frames(components.images, *selection)
         audio = components.audio
         if audio is not None:
-            start, duration = video_av.excerpt_seconds(source_fps, selection[1], selection[0], frame_stride)
+            start, duration = video_av.excerpt_seconds(source_fps, selection[1], len(frames), frame_stride)
             audio = _audio(video_av.trim_audio(audio["waveform"][0], audio["sample_rate"], start, duration),
                            audio["sample_rate"])
     else:
         source = video_input.get_stream_source()
         frames, source_fps = video_av.read_stream(source, *selection)
-        audio = _file_audio(source, source_fps, selection)
+        audio = _file_audio(source, source_fps, len(frames), selection)
     return frames, source_fps / frame_stride, audio
 
 
@@ -63,8 +64,11 @@ class LoadVideo(io.ComfyNode):
             inputs=[
                 io.Combo.Input("video", options=_input_videos(), upload=io.UploadType.video,
                                tooltip="Video file in ComfyUI's input folder; use the upload button to add one."),
-                io.Int.Input("frame_count", default=24, min=1,
-                             tooltip="How many frames to load. Tune-A-Video typically tunes on 8 to 24 frames."),
+                io.Int.Input("frame_count", default=24, min=0,
+                             tooltip="How many frames to load; 0 loads every frame to the end of the clip (after "
+                                     "start_frame and frame_stride). Tune-A-Video tunes on 8 to 24 frames; longer "
+                                     "clips want window_frames on One-Shot Tune, DDIM Invert and Video Sample. An "
+                                     "excerpt that would not fit in memory is refused before decoding."),
                 io.Int.Input("start_frame", default=0, min=0, tooltip="Index of the first frame to load (0 = first frame of the clip)."),
                 io.Int.Input("frame_stride", default=2, min=1,
                              tooltip="Take every n-th frame: 1 keeps every frame, 2 every other one (covers twice the time)."),
@@ -97,7 +101,7 @@ class LoadVideo(io.ComfyNode):
             if video_input is None:
                 path = _resolve(video)
                 frames, fps = clip_io.read_clip(path, *selection)
-                audio = _file_audio(path, fps * frame_stride, selection)
+                audio = _file_audio(path, fps * frame_stride, len(frames), selection)
             else:
                 frames, fps, audio = _from_video_input(video_input, selection)
         except clip_io.ClipError as e:

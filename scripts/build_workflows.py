@@ -304,7 +304,34 @@ def tune_a_video_sdxl() -> Workflow:
     )
 
 
-WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation, tune_a_video_sdxl]
+LONG_CLIP_FRAMES = 96
+WINDOW = {"window_frames": 16, "window_overlap": 4}
+
+
+def long_clip() -> Workflow:
+    nodes = [*clip_and_tuning(), *inversion(), prompt(9, (1020, 0), EDIT_PROMPT),
+             *edit(10, (1360, 0), (6, 0), (9, 0), (7, 0), (8, 0), "tuneavideo/long-clip")]
+    for node in nodes:
+        if node.type == "TAVLoadVideo":
+            node.widgets.update(frame_count=LONG_CLIP_FRAMES, frame_stride=1)
+        if node.type == "TAVOneShotTune":
+            node.widgets["window_frames"] = WINDOW["window_frames"]
+        if node.type in ("TAVDDIMInvert", "TAVVideoSample"):
+            node.widgets.update(WINDOW)
+    return Workflow(
+        name="long-clip",
+        note=("**A whole shot: 96 frames (4 s at 24 fps, every frame).** One-Shot Tune trains each step on a "
+              "16-frame window drawn from the clip; DDIM Invert and Video Sample run the model over 16-frame "
+              "windows that overlap by 4 and are blended. Every window also sees the clip's frame 0 and the frame "
+              "before it (the sparse-causal anchor), so the look stays tied to the first frame. Memory depends on "
+              "the window, not on the clip; time grows linearly with the frames. frame_count 0 loads the whole "
+              "clip. The saved video has every frame, at the clip's fps."),
+        nodes=nodes,
+    )
+
+
+WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation, tune_a_video_sdxl,
+             long_clip]
 
 
 def main() -> None:

@@ -36,20 +36,24 @@ def _videos(batch, frames):
     return batch // frames
 
 
-def _first_and_former(x, frames):
+def _first_and_former(x, frames, former=None):
     """[B*F, N, C] -> [B*F, 2N, C]: per frame, tokens of [frame 0, frame i-1].
 
-    Frame 0's former frame is itself (official `former_frame_index[0] = 0`).
+    Frame 0's former frame is itself (official `former_frame_index[0] = 0`). `former` (F row
+    indices) replaces i-1 for a window video whose rows are not consecutive frames (windows.py).
     Built by indexing, so memory grows linearly in F.
     """
     videos = _videos(x.shape[0], frames)
     x = x.reshape(videos, frames, *x.shape[1:])
-    former = (torch.arange(frames, device=x.device) - 1).clamp(min=0)
+    if former is None:
+        former = (torch.arange(frames, device=x.device) - 1).clamp(min=0)
+    else:
+        former = former.to(x.device)
     first = x[:, :1].expand_as(x)
     return torch.cat([first, x[:, former]], dim=2).flatten(0, 1)
 
 
-def sparse_causal_attention(q, k, v, heads, frames, attention_fn=sdpa_attention):
+def sparse_causal_attention(q, k, v, heads, frames, attention_fn=sdpa_attention, former=None):
     """Tune-A-Video sparse-causal attention on projected q, k, v [B*F, N, C].
 
     Queries of frame i attend to the keys/values of frame 0 followed by frame i-1
@@ -57,12 +61,12 @@ def sparse_causal_attention(q, k, v, heads, frames, attention_fn=sdpa_attention)
     With frames == 1 the keys are [frame 0, frame 0]: every key appears twice,
     which doubles each softmax numerator and the denominator alike, so the result
     equals plain self-attention: that is what runs then, so that one frame gives
-    the image model's output exactly.
+    the image model's output exactly. `former`: see _first_and_former.
     """
     _videos(q.shape[0], frames)
     if frames == 1:
         return attention_fn(q, k, v, heads)  # the same attention without the duplicated keys
-    return attention_fn(q, _first_and_former(k, frames), _first_and_former(v, frames), heads)
+    return attention_fn(q, _first_and_former(k, frames, former), _first_and_former(v, frames, former), heads)
 
 
 class _Attention(torch.nn.Module):

@@ -29,6 +29,7 @@ import comfy.patcher_extension
 from comfy.ldm.modules.attention import BasicTransformerBlock
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock, VideoResBlock
 
+from . import windows
 from .attention import TemporalAttention, sparse_causal_attention, video_group_norm
 
 KEY = "tuneavideo"
@@ -110,7 +111,7 @@ class SparseCausalAttn1:
     """attn1 replace patch: frame i attends to frames 0 and i-1 with the block's own projections."""
 
     def __call__(self, q, k, v, extra_options):
-        frames = extra_options.get(FRAMES_OPTION)
+        frames, former = _layout(extra_options)
         if frames is None:
             raise InflateError(_NO_FRAMES)
         precision = extra_options.get("attn_precision")
@@ -118,7 +119,7 @@ class SparseCausalAttn1:
         def attention(q, k, v, heads, mask=None):
             return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
 
-        return sparse_causal_attention(q, k, v, extra_options["n_heads"], frames, attention)
+        return sparse_causal_attention(q, k, v, extra_options["n_heads"], frames, attention, former)
 
 
 _NO_FRAMES = ("Tune-A-Video: the inflated model was called without a frame count. Sample it with a "
@@ -155,7 +156,7 @@ class Inflation:
 
 def _temporal_hook(layer: TemporalAttention):
     def hook(block, args, kwargs, output):
-        frames = kwargs.get("transformer_options", {}).get(FRAMES_OPTION)
+        frames, _ = _layout(kwargs.get("transformer_options", {}))
         if frames is None:
             raise InflateError(_NO_FRAMES)
         precision = block.attn_precision
@@ -188,13 +189,14 @@ def _record_frames(executor, noise, latent_image, *args, **kwargs):
     """OUTER_SAMPLE wrapper: the frame count of a sampler run is the latent's batch size."""
     options = executor.class_obj.model_options.setdefault("transformer_options", {})
     options.setdefault(FRAMES_OPTION, latent_image.shape[0])
+    windows.anchor_core_handler(executor.class_obj.model_options)  # this run's copy of the options
     return executor(noise, latent_image, *args, **kwargs)
 
 
 def _check_and_publish_frames(executor, x, *args, **kwargs):
     """DIFFUSION_MODEL wrapper: every call must hold whole videos; publish F to the norm hooks."""
     options = kwargs.get("transformer_options") if "transformer_options" in kwargs else args[4]
-    frames = options.get(FRAMES_OPTION)
+    frames, _ = _layout(options)
     if frames is None:
         raise InflateError(_NO_FRAMES)
     if x.shape[0] % frames:
@@ -206,6 +208,14 @@ def _check_and_publish_frames(executor, x, *args, **kwargs):
         return executor(x, *args, **kwargs)
     finally:
         _call_frames.reset(token)
+
+
+def _layout(options: dict):
+    """(frames per video, former rows) of this call: the clip's, or a frame window's (windows.py)."""
+    try:
+        return windows.call_layout(options, options.get(FRAMES_OPTION))
+    except windows.WindowError as e:
+        raise InflateError(f"Tune-A-Video: {e}") from e
 
 
 def is_inflated(patcher) -> bool:

@@ -26,13 +26,13 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from . import files, fingerprint, inflate
+from . import files, fingerprint, inflate, windows
 
 CACHE_FORMAT = 2
 _RESULT_SETTINGS = ("steps", "learning_rate", "seed", "trainable", "precision", "optimizer", "betas",
                     "weight_decay", "eps", "max_grad_norm")  # gradient checkpointing changes nothing
 # The modules whose code computes the tuned weights: any change to them is a new algorithm.
-_ALGORITHM_MODULES = ("attention.py", "inflate.py", "tuning.py", "tuned.py", "tune_cache.py")
+_ALGORITHM_MODULES = ("attention.py", "inflate.py", "tuning.py", "tuned.py", "tune_cache.py", "windows.py")
 _MAX_HEADER = 100 << 20
 
 
@@ -87,6 +87,9 @@ def cache_key(patcher, positive, latent: dict, settings) -> str:
     describer.value(latent)
     describer.value(positive)
     describer.value({name: getattr(settings, name) for name in _RESULT_SETTINGS})
+    window = windows.effective(settings.window_frames, latent["samples"].shape[0])
+    if window:  # only then: a window no shorter than the clip tunes exactly as the whole clip does
+        describer.value({"window_frames": window})
     return describer.digest.hexdigest()
 
 

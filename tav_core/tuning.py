@@ -25,7 +25,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
-from . import checkpointing, checks, inflate, tune_cache, tuned
+from . import checkpointing, checks, inflate, tune_cache, tuned, windows
 
 PRESETS = {
     "paper (attn1.to_q, attn2.to_q, attn_temp)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
@@ -53,6 +53,7 @@ class TuneSettings:
     checkpoint_blocks: str = checkpointing.ALL_BLOCKS  # which blocks, when checkpointing is on
     precision: str = "auto"
     optimizer: str = "AdamW"
+    window_frames: int = 0  # frames per optimiser step (windows.py); 0 = the whole clip
     # The official optimiser settings.
     betas: tuple = (0.9, 0.999)
     weight_decay: float = 1e-2
@@ -67,6 +68,10 @@ class TuneSettings:
         checks.check_finite("learning_rate", self.learning_rate, TuneError)
         if self.learning_rate <= 0:
             raise TuneError(f"learning_rate must be above 0, not {self.learning_rate}; the paper uses 3e-5.")
+        try:
+            windows.check(self.window_frames)
+        except windows.WindowError as e:
+            raise TuneError(str(e)) from e
 
 
 @dataclass
@@ -190,9 +195,17 @@ class _TrainingLoop(comfy.samplers.Sampler):
         params = [p for a in self.adapters.values() for p in a.parameters()]
         optimizer = make_optimizer(params, s)
         scaler = torch.amp.GradScaler(device.type) if self.autocast_dtype == torch.float16 else None
-        x0 = latent_image
+        clip = latent_image
+        window_frames = windows.effective(s.window_frames, clip.shape[0])
+        # Its own stream, so that the noise and timestep stream is the whole-clip path's.
+        window_generator = torch.Generator(device="cpu").manual_seed(s.seed)
+        transformer_options = extra_args["model_options"].setdefault("transformer_options", {})
         for step in range(s.steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
+            window = windows.training_window(clip.shape[0], window_frames, window_generator) if window_frames else None
+            x0 = clip if window is None else window.get_tensor(clip)
+            if window is not None:  # the inflated model reads the window video's layout here, as in sampling
+                transformer_options[windows.CONTEXT_WINDOW] = window
             t = int(torch.randint(0, len(model_sampling.sigmas), (1,), generator=generator))
             eps = torch.randn(x0.shape, generator=generator).to(device)
             sigma = model_sampling.sigmas[t].to(device).clone().expand(x0.shape[0])  # not an inference tensor
@@ -208,6 +221,8 @@ class _TrainingLoop(comfy.samplers.Sampler):
                 target = alpha.sqrt() * eps - (1 - alpha).sqrt() * x0
             else:
                 prediction, target = predicted_eps, eps
+            if window is not None:  # the anchors are context, not training frames
+                prediction, target = window.strip(prediction), window.strip(target)
             loss = torch.nn.functional.mse_loss(prediction, target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -224,6 +239,7 @@ class _TrainingLoop(comfy.samplers.Sampler):
             self.losses.append(float(loss.detach()))
             if self.on_step:
                 self.on_step(step + 1, s.steps, self.losses[-1])
+        transformer_options.pop(windows.CONTEXT_WINDOW, None)
         optimizer.zero_grad(set_to_none=True)  # the gradients are not needed past the last step
         return latent_image
 
@@ -238,6 +254,10 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
     model = inflate.inflate(patcher)
     latents = latent["samples"]
     check_inputs(model, positive, latents)
+    if model.model_options.get("context_handler") is not None:
+        raise TuneError("the model carries core context windows (a Context Windows node before One-Shot Tune); "
+                        "tuning windows with its own window_frames input. Move the Context Windows node after "
+                        "One-Shot Tune.")
     key = tune_cache.cache_key(model, positive, latent, settings) if cache_dir else None
     expected = tune_cache.expected_entry(model, trainable_names(model, settings.trainable)) if key else None
     cached = tune_cache.load(cache_dir, key, expected, settings.steps) if key else None
@@ -250,7 +270,8 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
         if key:  # a failed write only warns: the finished tune is kept
             tune_cache.store(cache_dir, key, deltas, losses)
     metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
-                "trainable": settings.trainable, "frames": int(latents.shape[0])}
+                "trainable": settings.trainable, "frames": int(latents.shape[0]),
+                "window_frames": windows.effective(settings.window_frames, int(latents.shape[0]))}
     return TuneResult(tuned.add_deltas(model, deltas, metadata), losses)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from . import container, files, sizes
+from . import container, files, frame_memory, sizes
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 RESIZE_MODES = ("center crop", "stretch", "pad")
@@ -81,22 +81,35 @@ def check_size(width, height):
 def read_clip(path, frame_count, start_frame, frame_stride, width, height, resize_mode):
     """Decode frames start_frame + i * frame_stride (i < frame_count) resized to width x height.
 
-    Returns (frames float32 [F, H, W, 3] RGB in 0..1, fps / frame_stride).
+    frame_count 0 takes every such frame to the end of the clip. An excerpt that would not fit in
+    memory is refused before decoding. Returns (frames float32 [F, H, W, 3] RGB in 0..1, fps / frame_stride).
     """
     check_request(frame_count, start_frame, frame_stride, width, height, resize_mode)
     info = probe_clip(path)
-    _check_available(info.frame_count, frame_count, start_frame, frame_stride)
+    frame_count = resolve_frame_count(info.frame_count, frame_count, start_frame, frame_stride, width, height)
     frames = np.empty((frame_count, height, width, 3), dtype=np.float32)
     for i, frame in enumerate(_stream_selected(os.fspath(path), frame_count, start_frame, frame_stride)):
         frames[i] = _fit(frame, width, height, resize_mode)
     return frames, info.fps / frame_stride
 
 
+def resolve_frame_count(total, frame_count, start_frame, frame_stride, width, height) -> int:
+    """The number of frames to decode from a clip of `total` frames (0: to the end), refused before
+    decoding when they are not there or would not fit in memory."""
+    if frame_count == 0:
+        frame_count = max(1, _available(total, start_frame, frame_stride))
+    _check_available(total, frame_count, start_frame, frame_stride)
+    problem = frame_memory.excerpt_problem(frame_count, width, height)
+    if problem:
+        raise ClipError(problem)
+    return frame_count
+
+
 def check_request(frame_count, start_frame, frame_stride, width, height, resize_mode):
     """Raise ClipError unless the frame selection and the output size are usable (any source)."""
     check_size(width, height)
-    if frame_count < 1:
-        raise ClipError(f"frame_count is {frame_count}; ask for at least 1 frame.")
+    if frame_count < 0:
+        raise ClipError(f"frame_count is {frame_count}; use 0 for every frame to the end, or the frames to load.")
     if frame_stride < 1:
         raise ClipError(f"frame_stride is {frame_stride}; use 1 to take every frame.")
     if start_frame < 0:

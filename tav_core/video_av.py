@@ -51,7 +51,11 @@ def read_stream(source, frame_count, start_frame, frame_stride, width, height, r
         if not rate or rate <= 0:
             raise ClipError("The connected video reports no frame rate. Re-encode it with a fixed frame rate.")
         if stream.frames > 0:  # the container's claim; 0 when it does not say
-            clip_io._check_available(stream.frames, frame_count, start_frame, frame_stride)
+            frame_count = clip_io.resolve_frame_count(stream.frames, frame_count, start_frame, frame_stride,
+                                                      width, height)
+        elif frame_count == 0:
+            raise ClipError("The connected video does not say how many frames it has, so frame_count 0 (to the "
+                            "end) cannot be used; set frame_count to the number of frames to load.")
         frames = np.empty((frame_count, height, width, 3), dtype=np.float32)
         last = start_frame + (frame_count - 1) * frame_stride
         index = -1
@@ -70,7 +74,7 @@ def read_stream(source, frame_count, start_frame, frame_stride, width, height, r
 def select_frames(images, frame_count, start_frame, frame_stride, width, height, resize_mode):
     """The same selection from decoded frames ([N, H, W, 3] RGB in 0..1, a torch tensor or an array)."""
     clip_io.check_request(frame_count, start_frame, frame_stride, width, height, resize_mode)
-    clip_io._check_available(len(images), frame_count, start_frame, frame_stride)
+    frame_count = clip_io.resolve_frame_count(len(images), frame_count, start_frame, frame_stride, width, height)
     frames = np.empty((frame_count, height, width, 3), dtype=np.float32)
     for i in range(frame_count):
         image = np.asarray(images[start_frame + i * frame_stride], dtype=np.float32)

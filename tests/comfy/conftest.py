@@ -32,7 +32,7 @@ def core(pack):
     """The pack's tav_core modules, as imported by ComfyUI (so class identities match the nodes')."""
     return pack_core("attention", "checkpointing", "inflate", "plot", "sampling", "schedule", "tune_cache", "tuned",
                      "tuning",
-                     "video", "weights")
+                     "video", "weights", "windows")
 
 
 @pytest.fixture(scope="session")

@@ -95,5 +95,6 @@ def test_sdxl_workflow(server):
 
 def test_every_workflow_is_covered():
     covered = {"tune-a-video", "reuse-tuned-weights", "controlnet-pose", "personalised-lora",
-               "text-to-video-from-noise", "tune-a-video-sdxl"}
+               "text-to-video-from-noise", "tune-a-video-sdxl",
+               "long-clip"}  # long-clip: tests/server/test_long_clip.py
     assert {p.stem for p in API_DIR.glob("*.json")} == covered

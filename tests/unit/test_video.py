@@ -197,7 +197,7 @@ def test_size_rule_names_the_nearest_valid_sizes(wide_clip, width, height, messa
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"frame_count": 0}, "frame_count is 0"),
+    ({"frame_count": -1}, "frame_count is -1; use 0 for every frame to the end"),
     ({"frame_stride": 0}, "frame_stride is 0"),
     ({"resize_mode": "zoom"}, "resize_mode 'zoom' is unknown"),
 ])
@@ -205,6 +205,38 @@ def test_bad_parameters(wide_clip, kwargs, message):
     params = dict(frame_count=1, start_frame=0, frame_stride=1, width=64, height=64, resize_mode="stretch") | kwargs
     with pytest.raises(ClipError, match=message):
         clip_io.read_clip(wide_clip, **params)
+
+
+@pytest.mark.parametrize("start,stride", [(0, 1), (3, 5), (19, 7)])
+def test_frame_count_0_reads_to_the_end(wide_clip, start, stride):
+    frames, _ = clip_io.read_clip(wide_clip, 0, start, stride, 64, 32, "stretch")
+    indices = list(range(start, 20, stride))  # the wide clip has 20 frames
+    assert len(frames) == len(indices)
+    # The explicit count is checked against a naive decode in test_selection_matches_naive_decode.
+    explicit, _ = clip_io.read_clip(wide_clip, len(indices), start, stride, 64, 32, "stretch")
+    assert np.array_equal(frames, explicit)
+
+
+def test_an_excerpt_too_large_for_memory_is_refused_before_decoding(wide_clip, monkeypatch):
+    from tav_core import frame_memory
+
+    frame = 64 * 64 * 12
+    monkeypatch.setattr(frame_memory, "available_bytes", lambda: 10 * frame)  # half of it holds 5 frames
+    decoded = []
+    monkeypatch.setattr(clip_io, "_stream_selected", lambda *a: decoded.append(a) or iter(()))
+    with pytest.raises(ClipError, match=r"6 frames at 64x64 would take .* at most 5 frames fit"):
+        clip_io.read_clip(wide_clip, 6, 0, 1, 64, 64, "stretch")
+    with pytest.raises(ClipError, match=r"20 frames at 64x64 .* at most 5 frames fit"):
+        clip_io.read_clip(wide_clip, 0, 0, 1, 64, 64, "stretch")  # to the end: all 20
+    assert not decoded  # refused before decoding
+
+
+def test_frames_that_fit_is_half_the_free_memory():
+    from tav_core import frame_memory
+
+    assert frame_memory.frames_that_fit(512, 512, available=24 << 30) == (12 << 30) // (512 * 512 * 12)
+    assert frame_memory.excerpt_problem(4096, 512, 512, available=24 << 30) is None
+    assert "at most 4096 frames fit" in frame_memory.excerpt_problem(4097, 512, 512, available=24 << 30)
 
 
 def test_decoder_stopping_early_reports_real_count(wide_clip, monkeypatch):
