@@ -209,11 +209,11 @@ def test_bad_parameters(wide_clip, kwargs, message):
 
 @pytest.mark.parametrize("start,stride", [(0, 1), (3, 5), (19, 7)])
 def test_frame_count_0_reads_to_the_end(wide_clip, start, stride):
-    frames, _ = clip_io.read_clip(wide_clip, 0, start, stride, 64, 32, "stretch")
+    frames, _ = clip_io.read_clip(wide_clip, 0, start, stride, 64, 64, "stretch")
     indices = list(range(start, 20, stride))  # the wide clip has 20 frames
     assert len(frames) == len(indices)
     # The explicit count is checked against a naive decode in test_selection_matches_naive_decode.
-    explicit, _ = clip_io.read_clip(wide_clip, len(indices), start, stride, 64, 32, "stretch")
+    explicit, _ = clip_io.read_clip(wide_clip, len(indices), start, stride, 64, 64, "stretch")
     assert np.array_equal(frames, explicit)
 
 
