@@ -28,7 +28,10 @@ BUILD_GRAPH = """(ckpt) => {
     link(prompt, "CONDITIONING", tune, "positive");
     link(encode, "LATENT", tune, "latent");
     linkSlot(tune, 1, preview, "images"); // loss_curve: the frontend names this output "IMAGE"
-    const unlinked = app.graph._nodes.flatMap(n => n.inputs.filter(i => !i.widget && i.link == null).map(i => `${n.type}.${i.name}`));
+    // Required inputs only: an optional one (Load Video's video_input) may stay open.
+    const optional = (n) => Object.keys(n.constructor.nodeData?.input?.optional ?? {});
+    const unlinked = app.graph._nodes.flatMap(n => n.inputs.filter(i => !i.widget && i.link == null
+        && !optional(n).includes(i.name)).map(i => `${n.type}.${i.name}`));
     return {id: tune.id, unlinked};
 }""" % STEPS
 

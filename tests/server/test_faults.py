@@ -9,6 +9,9 @@ import pytest
 
 from tav_core.testing.server import ExecutionError
 
+# CI time: fault injection into the pack's own files and caches.
+pytestmark = pytest.mark.pinned_comfyui_only
+
 SERVER_CLIP = "clip.mp4"
 PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
 

@@ -30,6 +30,9 @@ import torch
 
 from tav_core.testing.server import ComfyServer
 
+# CI time: seven servers; tests/comfy/test_precision.py covers the same code paths on both ComfyUIs.
+pytestmark = pytest.mark.pinned_comfyui_only
+
 SERVER_CLIP = "clip.mp4"
 FRAMES = 4
 INVERT_STEPS = SAMPLE_STEPS = 3
