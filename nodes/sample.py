@@ -9,12 +9,13 @@ STEPS_TOOLTIP = ("DDIM steps (the paper: 50; timesteps 981, 961, ..., 1). DDIM I
 
 
 WINDOW_INPUTS = [
-    io.Int.Input("window_frames", default=0, min=0, max=4096,
+    # Optional, so that API prompts written before these inputs existed still queue.
+    io.Int.Input("window_frames", default=0, min=0, max=4096, optional=True,
                  tooltip="0: the whole clip in one pass (the paper). Otherwise the model runs over windows of this "
                          "many frames, and memory depends on the window, not on the clip. Every window also sees "
                          "the clip's frame 0 and the frame before it (the sparse-causal anchor); temporal attention "
                          "and the video GroupNorm work within a window."),
-    io.Int.Input("window_overlap", default=4, min=0, max=4095,
+    io.Int.Input("window_overlap", default=4, min=0, max=4095, optional=True,
                  tooltip="Frames that neighbouring windows share; their results are blended (pyramid weights). "
                          "Must be smaller than window_frames. Ignored when window_frames is 0."),
 ]

@@ -66,7 +66,8 @@ class OneShotTune(io.ComfyNode):
                 io.Boolean.Input("cache", default=False,
                                  tooltip="Keep the tuned weights on disk (models/tuneavideo_cache), keyed by "
                                          "model, latents, prompt and settings: re-running skips the tuning."),
-                io.Int.Input("window_frames", default=defaults.window_frames, min=0, max=4096,
+                # Optional, so that API prompts written before this input existed still queue.
+                io.Int.Input("window_frames", default=defaults.window_frames, min=0, max=4096, optional=True,
                              tooltip="0: every step trains on the whole clip (the paper). Otherwise each step trains "
                                      "on a window of this many consecutive frames, drawn with the seed, plus the "
                                      "clip's frame 0 and the frame before the window (the sparse-causal anchor, as "
