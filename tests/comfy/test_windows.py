@@ -226,7 +226,7 @@ def test_an_unanchored_window_or_handler_fails_clearly(core, inflated, latents, 
         invert_sample(core, model, latents, prompts)
     # A bare core window in the options, as a handler that does not know Tune-A-Video would leave it.
     options = core.inflate.call_options(inflated, WINDOW)
-    options["context_window"] = comfy.context_windows.IndexListContextWindow([4, 5, 6, 7])
+    options["context_window"] = core.windows._core_window([4, 5, 6, 7], FRAMES)  # both versions' signature
     core.inflate.load(inflated)
     with pytest.raises(ValueError, match="frame 0"), torch.inference_mode():
         inflated.model.diffusion_model(latents[:WINDOW], torch.full((WINDOW,), 500.0),
