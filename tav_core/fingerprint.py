@@ -20,7 +20,8 @@ import torch
 # ModelPatcher fields that are bookkeeping: loading state, backups, identity, the shared module
 # itself (its weights are fingerprinted separately, with their patches).
 PATCHER_BOOKKEEPING = frozenset({
-    "model", "patches", "backup", "object_patches_backup", "patches_uuid", "clone_base_uuid", "parent", "pinned", "size",
+    "model", "patches", "backup", "object_patches_backup", "patches_uuid", "clone_base_uuid", "parent", "pinned",
+    "size",
     "is_injected", "skip_injection", "hook_patches_backup", "hook_backup", "cached_hook_patches",
     "current_hooks", "load_device", "offload_device", "weight_inplace_update", "is_clip", "additional_models",
 })
