@@ -87,7 +87,7 @@ def test_file_holds_every_weight_of_unet_clip_and_vae(arch, loaded, checkpoint):
     clip_saved = set(model_config.process_clip_state_dict_for_saving(clip.cond_stage_model.state_dict()))
     vae_saved = {"first_stage_model." + k for k in vae.first_stage_model.state_dict()}
     assert file_keys == unet | clip_saved | vae_saved
-    # Loading the file's text-encoder part leaves no tensor that ComfyUI built unset, but CLIP-L's
+    # Loading the file's text-encoder part leaves no tensor that ComfyUI built unset but CLIP-L's
     # logit scale and text projection: the SDXL layout (like SD1's) has no slot for them, and SDXL
     # reads only bigG's pooled output. CLIP-L's position ids are in the file, as in real SDXL files.
     with safe_open(str(checkpoint), "pt") as f:
@@ -98,9 +98,11 @@ def test_file_holds_every_weight_of_unet_clip_and_vae(arch, loaded, checkpoint):
     sdxl = arch == "sdxl"
     assert set(missing) == ({"clip_l.logit_scale", "clip_l.transformer.text_projection.weight"} if sdxl else set())
     assert set(unexpected) == ({"clip_l.transformer.text_model.embeddings.position_ids"} if sdxl else set())
+    # What the file does not set, ComfyUI may leave uninitialised (0.33 does): check only what it set.
     with torch.no_grad():
         for name, p in clip.cond_stage_model.named_parameters():
-            assert torch.isfinite(p).all(), name
+            if name not in missing:
+                assert torch.isfinite(p).all(), name
 
 
 def test_text_encoders_give_context_and_pooled_output(arch, loaded):
