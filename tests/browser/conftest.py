@@ -21,9 +21,9 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    """The editor, loaded; `page.our_errors()` lists console errors that involve the pack's files."""
+def open_editor(browser, server):
+    """A new page on `server`'s editor, loaded; `page.our_errors()` lists console errors that involve the
+    pack's files. The caller closes `page.context`."""
     # The Templates dialog covers the editor at first start.
     server.post("/settings", {"Comfy.TutorialCompleted": True})
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
@@ -40,8 +40,21 @@ def page(browser, server):
     page.goto(server.url)
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph"
                            " && LiteGraph.registered_node_types['TAVLoadVideo']", timeout=60_000)
+    return page
+
+
+@pytest.fixture(scope="session")
+def editor():
+    """open_editor(browser, server), for modules that keep one page on a server of their own."""
+    return open_editor
+
+
+@pytest.fixture
+def page(browser, server):
+    """The editor of the session's server, loaded (see open_editor)."""
+    page = open_editor(browser, server)
     yield page
-    context.close()
+    page.context.close()
 
 
 @pytest.fixture
