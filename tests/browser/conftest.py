@@ -1,5 +1,6 @@
 """Headless Chromium on the session's ComfyUI server (level 4), shared by the browser tests."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -45,8 +46,8 @@ def open_editor(browser, server):
 
 @pytest.fixture(scope="session")
 def editor():
-    """open_editor(browser, server), for modules that keep one page on a server of their own."""
-    return open_editor
+    """open_editor and shoot_canvas_node, for modules that keep one page on a server of their own."""
+    return SimpleNamespace(open=open_editor, shoot_canvas_node=shoot_canvas_node)
 
 
 @pytest.fixture
@@ -57,18 +58,21 @@ def page(browser, server):
     page.context.close()
 
 
+def shoot_canvas_node(page, node_id, path):
+    """A screenshot of one node of the graph as the canvas draws it, title bar included."""
+    box = page.evaluate("""(id) => {
+        const node = app.graph.getNodeById(id);
+        const title = LiteGraph.NODE_TITLE_HEIGHT;
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
+        const rect = app.canvas.canvas.getBoundingClientRect();
+        const scale = app.canvas.ds.scale;
+        return {x: rect.left + x - 10, y: rect.top + y - 10,
+                width: node.size[0] * scale + 20, height: (node.size[1] + title) * scale + 20};
+    }""", node_id)
+    page.screenshot(path=str(path), clip=box)
+
+
 @pytest.fixture
 def shoot_node(page):
-    """shoot_node(node_id, path): a screenshot of one node of the graph, title bar included."""
-    def shoot(node_id, path):
-        box = page.evaluate("""(id) => {
-            const node = app.graph.getNodeById(id);
-            const title = LiteGraph.NODE_TITLE_HEIGHT;
-            const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title]);
-            const rect = app.canvas.canvas.getBoundingClientRect();
-            const scale = app.canvas.ds.scale;
-            return {x: rect.left + x - 10, y: rect.top + y - 10,
-                    width: node.size[0] * scale + 20, height: (node.size[1] + title) * scale + 20};
-        }""", node_id)
-        page.screenshot(path=str(path), clip=box)
-    return shoot
+    """shoot_node(node_id, path): shoot_canvas_node on the session's page."""
+    return lambda node_id, path: shoot_canvas_node(page, node_id, path)

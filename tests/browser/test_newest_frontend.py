@@ -7,6 +7,7 @@ relied on. One server and one page serve the module's tests, which run in that o
 needs the jobs API of a newer ComfyUI than the pinned one, so the module runs with the newest ComfyUI
 (scripts/test.sh).
 """
+import base64
 import shutil
 from pathlib import Path
 
@@ -42,12 +43,21 @@ def newest_server(tmp_path_factory, tiny_checkpoint, synthetic_clip):
 
 
 @pytest.fixture(scope="module")
-def vue_page(browser, editor, newest_server):
-    """The editor of the newest frontend, Vue nodes switched on through the settings dialog."""
+def newest_page(browser, editor, newest_server):
+    """The editor of the newest frontend, as a new user first sees it (classic canvas nodes)."""
     assert newest_server.get("/settings").get(VUE_NODES_SETTING) in (None, False)  # a new user's default
-    page = editor(browser, newest_server)
+    page = editor.open(browser, newest_server)
     assert page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__") == FRONTEND_VERSION
+    # The minimap sits over the lower right of the canvas.
+    page.get_by_role("button", name="Hide Minimap").click()
+    yield page
+    page.context.close()
 
+
+@pytest.fixture(scope="module")
+def vue_page(newest_page, newest_server):
+    """The same page, Vue nodes switched on through the settings dialog."""
+    page = newest_page
     page.get_by_role("button", name="Settings (Ctrl + ,)").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_placeholder("Search Settings...").fill("Nodes 2.0")
@@ -57,10 +67,7 @@ def vue_page(browser, editor, newest_server):
     page.wait_for_function("(id) => app.extensionManager.setting.get(id) === true", arg=VUE_NODES_SETTING)
     page.keyboard.press("Escape")
     assert newest_server.get("/settings")[VUE_NODES_SETTING] is True  # saved as the user's setting
-    # The minimap sits over the lower right of the canvas.
-    page.get_by_role("button", name="Hide Minimap").click()
-    yield page
-    page.context.close()
+    return page
 
 
 def new_workflow(page):
@@ -92,9 +99,44 @@ def widget_inside_node(page, node_id, widget_name):
     }""", [node_id, widget_name])
 
 
+def wait_for_clip(page, node_id, name):
+    """Until the node's preview plays `name` (a frame decoded) and its info line has the server's answer."""
+    page.wait_for_function("""([id, name]) => {
+        const root = app.graph.getNodeById(id).widgets.find(w => w.name === "tav_video_preview").element;
+        const video = root.querySelector("video");
+        return video.src.includes(`filename=${name}`) && video.readyState >= 2
+            && /frames/.test(root.querySelector(".tav-clip-info").textContent);
+    }""", arg=[node_id, name], timeout=30_000)
+
+
 def screenshot_pixels(locator, path):
     """Saves a screenshot of `locator` and returns it as a BGR array."""
     return cv2.imdecode(np.frombuffer(locator.screenshot(path=str(path)), np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_classic_nodes_show_one_clip_preview(newest_page, newest_server, editor, tmp_path, artifacts_dir):
+    """Before Vue nodes are switched on: the preview over the canvas node, once, with the clip's info."""
+    page = newest_page
+    new_workflow(page)
+    node_id = page.evaluate("""() => {
+        const node = LiteGraph.createNode("TAVLoadVideo");
+        node.pos = [320, 220];
+        app.graph.add(node);
+        return node.id;
+    }""")
+    assert page.locator(f'[data-node-id="{node_id}"]').count() == 0  # drawn on the canvas
+    webm = tmp_path / "clip-classic.webm"
+    write_webm(newest_server.base_dir / "input" / SERVER_CLIP, webm)
+    page.evaluate("""([id, name, data]) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        app.graph.getNodeById(id).pasteFiles([new File([bytes], name, {type: "video/webm"})]);
+    }""", [node_id, webm.name, base64.b64encode(webm.read_bytes()).decode()])
+    wait_for_clip(page, node_id, webm.name)
+    # One preview: the upload widget's own one stays in the node's detached videoContainer.
+    assert page.locator("video").count() == 1
+    page.wait_for_timeout(300)  # a decoded frame on screen
+    editor.shoot_canvas_node(page, node_id, artifacts_dir / "load_video_classic_nodes.png")
+    assert page.our_errors() == []
 
 
 def test_vue_nodes_render_the_clip_preview(vue_page, newest_server, tmp_path, artifacts_dir):
@@ -106,12 +148,7 @@ def test_vue_nodes_render_the_clip_preview(vue_page, newest_server, tmp_path, ar
     webm = tmp_path / "clip-vue.webm"
     write_webm(newest_server.base_dir / "input" / SERVER_CLIP, webm)
     element.get_by_label("Upload").set_input_files(str(webm))
-    page.wait_for_function("""([id, name]) => {
-        const root = app.graph.getNodeById(id).widgets.find(w => w.name === "tav_video_preview").element;
-        const video = root.querySelector("video");
-        return video.src.includes(`filename=${name}`) && video.readyState >= 2
-            && /frames/.test(root.querySelector(".tav-clip-info").textContent);
-    }""", arg=[node_id, webm.name], timeout=30_000)
+    wait_for_clip(page, node_id, webm.name)
     clip = probe_clip(newest_server.base_dir / "input" / webm.name)
     assert element.locator(".tav-clip-info").text_content() == \
         f"{clip.frame_count} frames, {round(clip.fps, 2):g} fps, {clip.width}x{clip.height}"
