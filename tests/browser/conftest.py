@@ -41,6 +41,9 @@ def open_editor(browser, server):
     page.goto(server.url)
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph"
                            " && LiteGraph.registered_node_types['TAVLoadVideo']", timeout=60_000)
+    # Newer frontends load their default graph a moment after the node types are registered: a test
+    # that clears and builds the graph before then loses its graph to it (seen on a loaded machine).
+    page.wait_for_function("() => app.graph.nodes.length > 0", timeout=60_000)
     return page
 
 

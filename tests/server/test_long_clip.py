@@ -12,6 +12,9 @@ import pytest
 from tav_core.testing.server import PromptFailed
 from tav_core.video import write_synthetic_clip
 
+# CI time: the heaviest server run; on the newest ComfyUI only (scripts/test.sh). tests/comfy/test_windows.py
+# covers the windowed paths on both.
+pytestmark = pytest.mark.newest_comfyui_only
 API = Path(__file__).resolve().parents[2] / "example_workflows" / "api" / "long-clip.json"
 FRAMES, FPS = 96, 24
 CLIP = "long-clip.mp4"
