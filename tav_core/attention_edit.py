@@ -143,6 +143,9 @@ def controlled_model(model, controller: attention_control.AttentionController, f
     if options.get("patches_replace", {}).get("attn2"):
         raise EditError("the model already has cross-attention replace patches (e.g. IP-Adapter), which attention "
                         "control would override; edit with the model before those patches.")
+    if model.model_options.get("context_handler") is not None:
+        raise EditError("attention control cannot run in context windows (the two videos share each call); remove "
+                        "the Context Windows node before it.")
     if options.get(inflate.TEMPORAL_ATTENTION_OPTION) is not None:
         raise EditError("the model already carries a temporal attention override (another attention edit).")
     clone = model.clone()

@@ -28,7 +28,8 @@ def relative_error(got, expected):
 def edit_core(pack):
     from tav_core.testing.comfy_inprocess import pack_core
 
-    return pack_core("attention_control", "attention_edit", "inflate", "null_text", "prompt_tokens", "sampling")
+    return pack_core("attention_control", "attention_edit", "inflate", "null_text", "prompt_tokens", "sampling",
+                     "windows")
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +308,27 @@ def test_the_base_model_keeps_no_patches(edit_core, inflated, clip, inversion, p
     assert torch.equal(video_sample(edit_core, inflated, clip, SOURCE, inversion), plain_videos[SOURCE])
 
 
+def test_a_controlnet_in_the_conditioning_steers_each_video_with_its_own_frames(edit_core, inflated, clip, inversion,
+                                                                                plain_videos):
+    import comfy.controlnet
+    import nodes
+
+    from tav_core.testing.checkpoints import cached_sd15_controlnet
+
+    control = comfy.controlnet.load_controlnet(str(cached_sd15_controlnet()))
+    hint = torch.rand(FRAMES, 64, 64, 3, generator=torch.Generator().manual_seed(7))  # one hint image per frame
+    apply = nodes.NODE_CLASS_MAPPINGS["ControlNetApplyAdvanced"]()
+    positive, negative = apply.apply_controlnet(encode(clip, SOURCE), encode(clip, ""), control, hint, 1.0, 0.0, 1.0)
+    edited, source, _ = edit(edit_core, inflated, clip, inversion, cross_replace=0.0, self_replace=0.0,
+                             control=positive)
+    with torch.inference_mode():
+        expected = edit_core.sampling.ddim_sample(inflated, positive, negative, inversion["samples"], STEPS, CFG, 0.0,
+                                                  0, from_inversion=True)
+    assert relative_error(source, expected) < TOLERANCE  # frame i of each video got hint i
+    assert relative_error(source, plain_videos[SOURCE]) > 1e-3
+    assert relative_error(edited, plain_videos[SWAP]) > 1e-3
+
+
 @pytest.mark.parametrize("kwargs, edited, message", [
     ({}, "a big cat is eating a watermelon", "replace swaps words one for one"),
     ({"controller": "refine", "blend_words": ("dog", "cat")}, SWAP, "'dog' is not a word of the prompt"),
@@ -328,6 +350,9 @@ def test_the_latent_must_be_the_inversion_with_its_steps(edit_core, inflated, cl
         edit(edit_core, inflated, clip, {"samples": inversion["samples"]})
     with torch.inference_mode(), pytest.raises(ae.EditError, match="inverted with 3 steps"):
         ae.edit_sample(inflated, clip, SOURCE, SWAP, inversion, STEPS + 1)
+    windowed = edit_core.windows.with_windows(inflated, 1, 0)
+    with pytest.raises(ae.EditError, match="cannot run in context windows"):
+        edit(edit_core, windowed, clip, inversion)
     null = edit_core.null_text.NullText(torch.zeros(STEPS, 77, 768), 5.0, False, STEPS)
     with pytest.raises(ae.EditError, match="optimised for cfg 5"):
         edit(edit_core, inflated, clip, {**inversion, edit_core.null_text.NULL_TEXT_KEY: null})
