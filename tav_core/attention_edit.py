@@ -21,6 +21,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
+import latent_preview
 
 from . import attention_control, checks, inflate, null_text, prompt_tokens, sampling
 from .attention_control import ControlError, EditPlan
@@ -159,11 +160,21 @@ def controlled_model(model, controller: attention_control.AttentionController, f
     return clone
 
 
+def _edited_preview(model, steps: int, frames: int):
+    """ComfyUI's preview and progress callback, showing the edited video (the batch's second half)."""
+    default = latent_preview.prepare_callback(model, steps)
+
+    def callback(step, x0, x, total_steps):
+        default(step, x0[frames:], x[frames:], total_steps)
+
+    return callback
+
+
 def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dict, steps: int = 50,
                 cfg: float = 7.5, cross_replace: float = 0.2, self_replace: float = 0.5, controller: str = "replace",
                 reweight: Sequence[tuple[str, float]] = (), blend_words: tuple[str, str] | None = None,
-                blend_threshold: float = attention_control.BLEND_THRESHOLD, control=None, callback=None,
-                ) -> tuple[torch.Tensor, torch.Tensor, attention_control.AttentionController]:
+                blend_threshold: float = attention_control.BLEND_THRESHOLD, control=None, fast: bool | None = None,
+                callback=None) -> tuple[torch.Tensor, torch.Tensor, attention_control.AttentionController]:
     """Sample the source and the edited video together under prompt-to-prompt control (Video-P2P).
 
     model: the inflated (tuned) MODEL. clip: the CLIP that encodes both prompts (its tokenizer gives
@@ -179,7 +190,10 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
     prompt, weight) pairs; with replace or refine they stack an equaliser on it (Video-P2P's
     eq_params). blend_words: (source word, edited word) for local blend, or None; blend_threshold:
     its mask threshold (Video-P2P's mask_th, 0.3) on the maps normalised by their maximum. control: an
-    optional CONDITIONING whose ControlNet applies to both videos. callback: as sampling.ddim_sample's.
+    optional CONDITIONING whose ControlNet applies to both videos. fast: sample the source video without
+    guidance (Video-P2P's --fast); None: as the latent says (a fast-mode Null-Text Inversion is fast);
+    True also from a plain DDIM Invert latent. callback(step, x0, x, total_steps): as sampling.ddim_sample's,
+    on the whole batch [source frames; edited frames]; the default previews the edited video.
 
     Returns (edited, source, controller): the raw latents [F, C, h, w] at the schedule's final level,
     as Video Sample's, and the run's AttentionController (its last local-blend mask, for inspection).
@@ -195,6 +209,13 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
     except (sampling.SamplingError, null_text.NullTextError) as e:
         raise EditError(str(e)) from e
     checks.check_finite("cfg", cfg, EditError, 0.0, 100.0)
+    if fast is None:
+        fast = null is not None and null.fast
+    if null is not None and null.fast != bool(fast):
+        raise EditError(f"fast is {fast}, but the latent is a {'fast-mode' if null.fast else 'null-text'} inversion; "
+                        "leave fast unset to follow the latent.")
+    if fast and null is None:
+        null = null_text.NullText(None, float(cfg), True, steps)
     if null is not None and not null.fast and not math.isclose(cfg, null.cfg, rel_tol=1e-6):
         raise EditError(f"the null-text embeddings were optimised for cfg {null.cfg:g}; edit with that cfg (got "
                         f"{cfg:g}), or invert again with cfg {cfg:g}.")
@@ -221,6 +242,8 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
     guider.set_cfg(cfg)
     sampler = comfy.samplers.KSAMPLER(sampling.sample_ddim, extra_options={"after_step": control_run.end_step})
     start = torch.cat([samples, samples])
+    if callback is None:
+        callback = _edited_preview(patched, steps, frames)
     try:
         out = sampling._run(patched, guider, sampler, sigmas, start, callback, seed=0)
     except ControlError as e:

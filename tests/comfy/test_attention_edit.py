@@ -76,6 +76,39 @@ def edit(edit_core, model, clip, inversion, edited=SWAP, **kwargs):
         return edit_core.attention_edit.edit_sample(model, clip, SOURCE, edited, inversion, STEPS, CFG, **options)
 
 
+# --- token positions from ComfyUI's tokenizers ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizers(edit_core):
+    """ComfyUI's SD1, SD2 and SDXL tokenizers as a CLIP presents them (no text encoder weights needed)."""
+    from types import SimpleNamespace
+
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import comfy.text_encoders.sd2_clip
+
+    made = {"sd1": comfy.sd1_clip.SD1Tokenizer(), "sd2": comfy.text_encoders.sd2_clip.SD2Tokenizer(),
+            "sdxl": comfy.sdxl_clip.SDXLTokenizer()}
+    return {name: SimpleNamespace(tokenizer=t, tokenize=t.tokenize_with_weights) for name, t in made.items()}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_word_positions_are_those_of_the_encoded_chunk(edit_core, tokenizers, family):
+    pt = edit_core.prompt_tokens
+    clip = tokenizers[family]
+    prompt, tokens = pt.comfy_prompt(clip, "a (rabbit:1.2) is eating a watermelon, Capybara")
+    # <start> a rabbit is eating a watermelon , cap y bara <end>: the weight syntax is not text
+    assert prompt.length == 12
+    assert prompt.positions("rabbit", pt.comfy_word(clip, "rabbit")) == [2]
+    assert prompt.positions("a", pt.comfy_word(clip, "a")) == [1, 5]
+    assert prompt.positions("capybara", pt.comfy_word(clip, "capybara")) == [8, 9, 10]
+    assert prompt.positions("eating a", pt.comfy_word(clip, "eating a")) == [4, 5]
+    for chunks in tokens.values():  # the positions index what CLIP Text Encode encodes
+        assert chunks[0][2][1] == pytest.approx(1.2) and chunks[0][3][1] == 1.0
+    with pytest.raises(pt.PromptError, match="longer than 77 tokens"):
+        pt.comfy_prompt(clip, "a " * 80)
+
+
 # --- the controller's maps on the tiny UNet's layers --------------------------------------------------
 
 def naive_maps(q, k, heads):
@@ -274,14 +307,18 @@ def test_without_replacement_each_video_is_video_sample_of_its_prompt(edit_core,
     assert relative_error(controlled_source, plain_videos[SOURCE]) < TOLERANCE  # ... and never the source
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["null-text", "fast"])
-def test_null_text_applies_to_the_source_video_only(edit_core, inflated, clip, inversion, plain_videos, fast):
+@pytest.mark.parametrize("mode", ["null-text", "fast", "fast-argument"])
+def test_null_text_applies_to_the_source_video_only(edit_core, inflated, clip, inversion, plain_videos, mode):
     nt = edit_core.null_text
+    fast = mode != "null-text"
     empty = encode(clip, "")[0][0][0].float()
     uncond = None if fast else empty + 0.5 * torch.randn(STEPS, *empty.shape, generator=torch.Generator().manual_seed(5))
     null = nt.NullText(uncond, CFG, fast, STEPS)
-    latent = {**inversion, nt.NULL_TEXT_KEY: null}
-    edited, source, _ = edit(edit_core, inflated, clip, latent, cross_replace=0.0, self_replace=0.0)
+    if mode == "fast-argument":  # fast mode asked for on a plain DDIM inversion
+        edited, source, _ = edit(edit_core, inflated, clip, inversion, cross_replace=0.0, self_replace=0.0, fast=True)
+    else:
+        latent = {**inversion, nt.NULL_TEXT_KEY: null}
+        edited, source, _ = edit(edit_core, inflated, clip, latent, cross_replace=0.0, self_replace=0.0)
     reference, cfg = nt.for_sampling(inflated, null, STEPS, CFG)
     expected_source = video_sample(edit_core, reference, clip, SOURCE, inversion, cfg)
     assert relative_error(source, expected_source) < TOLERANCE
@@ -356,6 +393,13 @@ def test_the_latent_must_be_the_inversion_with_its_steps(edit_core, inflated, cl
     null = edit_core.null_text.NullText(torch.zeros(STEPS, 77, 768), 5.0, False, STEPS)
     with pytest.raises(ae.EditError, match="optimised for cfg 5"):
         edit(edit_core, inflated, clip, {**inversion, edit_core.null_text.NULL_TEXT_KEY: null})
+    with pytest.raises(ae.EditError, match="fast is True, but the latent is a null-text inversion"):
+        edit(edit_core, inflated, clip, {**inversion, edit_core.null_text.NULL_TEXT_KEY: null}, fast=True)
+    fast = edit_core.null_text.NullText(None, CFG, True, STEPS)
+    with pytest.raises(ae.EditError, match="fast is False, but the latent is a fast-mode inversion"):
+        edit(edit_core, inflated, clip, {**inversion, edit_core.null_text.NULL_TEXT_KEY: fast}, fast=False)
+    with pytest.raises(ae.EditError, match="tav_null_text"):
+        edit(edit_core, inflated, clip, {**inversion, edit_core.null_text.NULL_TEXT_KEY: "forged"})
 
 
 # --- the node -----------------------------------------------------------------------------------------
@@ -374,11 +418,24 @@ def test_node_schema_has_tooltips_and_two_latents(node):
     assert info["output"] == ["LATENT", "LATENT"] and all(info["output_tooltips"])
 
 
-def test_node_runs_the_edit_and_reports_bad_words(edit_core, node, inflated, clip, inversion, controlled):
+@pytest.fixture
+def progress_hook():
+    import comfy.utils
+
+    calls = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    yield calls
+    comfy.utils.set_progress_bar_global_hook(previous)
+
+
+def test_node_runs_the_edit_and_reports_bad_words(edit_core, node, inflated, clip, inversion, controlled,
+                                                  progress_hook):
     args = (inflated, clip, SOURCE, SWAP, inversion, STEPS, CFG, 0.5, 0.5, "replace")
     with torch.inference_mode():
         edited, source = node.execute(*args, reweight_words="cat", reweight_values="2", blend_source_word="rabbit",
                                       blend_edited_word="cat", blend_threshold=0.999).result
+    assert progress_hook[0] == (1, STEPS) and progress_hook[-1] == (STEPS, STEPS)  # ComfyUI's progress bar
     _, expected, expected_source, _ = controlled
     assert torch.equal(edited["samples"], expected) and torch.equal(source["samples"], expected_source)
     assert edit_core.sampling.INVERSION_KEY not in edited and edit_core.sampling.INVERSION_KEY not in source
