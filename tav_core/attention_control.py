@@ -122,6 +122,11 @@ class AttentionController:
     `levels`: the run's DDIM sigmas (sampling.ddim_levels); `frames`: frames per video.
     """
 
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options: every clone of the patched model (a null-text
+        # wrapper's, a sampler's) must drive this one run's controller and its local-blend store.
+        return self
+
     def __init__(self, plan: EditPlan, levels: torch.Tensor, frames: int, default_attention):
         self.plan = plan
         self.levels = levels.double()[:-1]

@@ -314,8 +314,10 @@ def test_null_text_applies_to_the_source_video_only(edit_core, inflated, clip, i
     empty = encode(clip, "")[0][0][0].float()
     uncond = None if fast else empty + 0.5 * torch.randn(STEPS, *empty.shape, generator=torch.Generator().manual_seed(5))
     null = nt.NullText(uncond, CFG, fast, STEPS)
-    if mode == "fast-argument":  # fast mode asked for on a plain DDIM inversion
-        edited, source, _ = edit(edit_core, inflated, clip, inversion, cross_replace=0.0, self_replace=0.0, fast=True)
+    if mode == "fast-argument":  # fast mode asked for on a plain DDIM inversion, with local blend
+        edited, source, ctl = edit(edit_core, inflated, clip, inversion, cross_replace=0.0, self_replace=0.0,
+                                   fast=True, blend_words=("rabbit", "cat"))
+        assert ctl.last_mask is not None  # the null-text clone drives the same controller
     else:
         latent = {**inversion, nt.NULL_TEXT_KEY: null}
         edited, source, _ = edit(edit_core, inflated, clip, latent, cross_replace=0.0, self_replace=0.0)
@@ -323,7 +325,8 @@ def test_null_text_applies_to_the_source_video_only(edit_core, inflated, clip, i
     expected_source = video_sample(edit_core, reference, clip, SOURCE, inversion, cfg)
     assert relative_error(source, expected_source) < TOLERANCE
     assert relative_error(source, plain_videos[SOURCE]) > 1e-3  # the null text (or fast mode) made a difference
-    assert relative_error(edited, plain_videos[SWAP]) < TOLERANCE  # the edit keeps the empty prompt's uncond
+    if mode != "fast-argument":  # (local blend changes the edit there)
+        assert relative_error(edited, plain_videos[SWAP]) < TOLERANCE  # the edit keeps the empty prompt's uncond
 
 
 def test_local_blend_keeps_the_source_outside_the_mask(controlled):
@@ -335,6 +338,16 @@ def test_local_blend_keeps_the_source_outside_the_mask(controlled):
     assert (edited[mask] - source[mask]).abs().max() > 1e-3
     assert ctl.store_layers >= {(("input", 3), 0), (("output", 0), 0), (("output", 1), 0)}
     assert min(ctl.store) == 16  # the coarsest level with cross-attention in the down and up path: 4x4
+
+
+def test_clones_of_the_controlled_model_share_its_controller(edit_core, inflated):
+    ac = edit_core.attention_control
+    ctl = ac.AttentionController(None, torch.ones(2), FRAMES, None)
+    clone = edit_core.attention_edit.controlled_model(inflated, ctl, FRAMES).clone()
+    options = clone.model_options["transformer_options"]
+    patches = list(options["patches_replace"]["attn2"].values())
+    assert patches and all(patch.controller is ctl for patch in patches)
+    assert options[edit_core.inflate.TEMPORAL_ATTENTION_OPTION].__self__ is ctl
 
 
 def test_the_base_model_keeps_no_patches(edit_core, inflated, clip, inversion, plain_videos, controlled):
