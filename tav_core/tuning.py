@@ -350,6 +350,15 @@ def gradient_clone(model):
     return clone
 
 
+def make_weights_ordinary(patcher) -> None:
+    """`_ordinary_weights` for `patcher` and its additional models (the temporal layers), now.
+
+    ON_LOAD does not fire where ComfyUI finds the same weights already loaded by another clone (a
+    gradient clone adds no weight patches), so a caller that runs backward calls this once loaded."""
+    for owner in (patcher, *patcher.get_nested_additional_models()):
+        _ordinary_weights(owner)
+
+
 def _ordinary_weights(patcher, *_) -> None:
     """ON_LOAD: replace inference-tensor parameters by ordinary tensors of the same value.
 
