@@ -86,8 +86,8 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         `sampling.ddim_invert` (and bit-identical to `ddim_invert(model, latent_raw, positive, steps)`).
     callback(step, x0, x, total_steps), default ComfyUI's preview and progress bar: total_steps is
         steps (fast) or 2 * steps (inversion, then one per optimised step).
-    The model's weights get no gradients and are not changed; the model is not inflated or cloned
-    for the caller. Raises NullTextError (or sampling.SamplingError) for bad inputs.
+    The work runs on a gradient clone: the caller's model is left as it was, its weights get no
+    gradients and keep their values. Raises NullTextError (or sampling.SamplingError) for bad inputs.
     """
     unet = model.model.diffusion_model
     checks.check_latents(unet, latent_raw, NullTextError)
@@ -101,9 +101,8 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         raise NullTextError("the model carries core context windows; null-text inversion optimises over the whole "
                             "clip. Remove the Context Windows node before it.")
     if fast:
-        total = steps
         if callback is None:
-            callback = latent_preview.prepare_callback(model, total)
+            callback = latent_preview.prepare_callback(model, steps)
         inverted = sampling.ddim_invert(model, latent_raw, positive, steps, callback=callback)
         return inverted, NullText(None, float(cfg), True, steps)
     start_embedding = _start_embedding(negative)

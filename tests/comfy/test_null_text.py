@@ -339,6 +339,12 @@ def test_node_output_feeds_video_sample_and_bad_entries_get_clear_errors(core, n
                 sample.execute(analytic, positive, negative, broken, STEPS, CFG, 0, 0.0)
         with pytest.raises(ValueError, match="optimised for cfg 7.5"):
             sample.execute(analytic, positive, negative, latent, STEPS, 12.5, 0, 0.0)
+        with pytest.raises(ValueError, match=r"^Null-Text Inversion \(Tune-A-Video\): .*16 channels"):
+            invert.execute(analytic, {"samples": torch.zeros(FRAMES, 16, 8, 8)}, positive, negative, STEPS, CFG, 2,
+                           1e-5, False)
+        with pytest.raises(ValueError, match="noise_mask"):
+            invert.execute(analytic, {"samples": clip_latents, "noise_mask": torch.ones(1, 8, 8)}, positive,
+                           negative, STEPS, CFG, 2, 1e-5, False)
         with pytest.raises(ValueError, match="whole clip"):
             sample.execute(analytic, positive, negative, latent, STEPS, CFG, 0, 0.0, window_frames=2,
                            window_overlap=1)
