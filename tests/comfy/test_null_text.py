@@ -135,6 +135,8 @@ def test_tiny_sd15_null_text_beats_plain_inversion_and_trains_only_the_embedding
           f"null-text {errors[1]:.3e} ({100 * (1 - errors[1] / errors[0]):.0f}% lower)")
     assert errors[1] < errors[0], errors
     assert torch.equal(inverted, inverted_plain)  # the inversion is DDIM Invert's under the source prompt
+    assert nt.WRAPPER_KEY not in inflated.wrappers.get("apply_model", {})  # the input patcher is untouched
+    assert "input_block_patch_after_skip" not in inflated.model_options["transformer_options"].get("patches", {})
     after = parameters(inflated, core)
     assert after.keys() == before.keys()
     for name, value in after.items():
