@@ -3,10 +3,10 @@
     .venv/bin/python bench/null_text.py [--model tiny|full] [--frames 4] [--size 128] [--steps 5] [--inner 3]
 
 Random SD1.5-architecture weights, inflated, random latents and random text conditioning (bench/worker.py).
-Three runs, each in its own process so that its peak memory is its own, after a one-step warm-up: DDIM Invert (`sampling.ddim_invert`),
+Four runs, each in its own process so that its peak memory is its own, after a one-step warm-up: DDIM Invert (`sampling.ddim_invert`),
 null-text inversion in fast mode (the same inversion under the source prompt), and the full null-text
 inversion with `--inner` Adam iterations per step (epsilon 0, so that every step runs them all, the worst
-case; Video-P2P's early stop only shortens it). Writes bench/results/null_text.json. Never a test.
+case; Video-P2P's early stop only shortens it), and the same with gradient checkpointing. Writes bench/results/null_text.json. Never a test.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import machine  # bench/ is this script's folder, first on sys.path
 import worker
 from run import RESULTS, run_worker
 
-TASKS = ("ddim_invert", "null_text_fast", "null_text")
+TASKS = ("ddim_invert", "null_text_fast", "null_text", "null_text_checkpointed")
 
 
 def one(spec: dict) -> dict:
@@ -44,7 +44,8 @@ def one(spec: dict) -> dict:
             core.sampling.ddim_invert(inflated, latents, positive, spec["steps"], callback=lambda *a: None)
         else:
             null_text.null_text_invert(inflated, latents, positive, negative, spec["steps"], 7.5, spec["inner"], 0.0,
-                                       fast=spec["task"] == "null_text_fast", callback=lambda *a: None)
+                                       fast=spec["task"] == "null_text_fast", callback=lambda *a: None,
+                                       gradient_checkpointing=spec["task"] == "null_text_checkpointed")
     worker.sync()
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_mb": memory.growth_mb(), "memory_method": memory.method,
@@ -61,11 +62,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--inner", type=int, default=3)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = []
-    for task in TASKS:
+    for task in args.tasks:
         spec = {"task": task, "model": args.model, "frames": args.frames, "size": args.size, "steps": args.steps,
                 "inner": args.inner}
         results.append(run_worker(spec, args.timeout, script=Path(__file__).resolve()))

@@ -45,7 +45,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from . import checks, sampling, tuning
+from . import checkpointing, checks, sampling, tuning
 
 NULL_TEXT_KEY = "tav_null_text"  # the LATENT key of a null-text inversion's NullText
 WRAPPER_KEY = "tav_null_text"
@@ -76,7 +76,8 @@ class NullText:
 
 
 def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps: int, cfg: float = 7.5,
-                     inner_steps: int = 10, epsilon: float = 1e-5, fast: bool = False, callback=None):
+                     inner_steps: int = 10, epsilon: float = 1e-5, fast: bool = False, callback=None,
+                     gradient_checkpointing: bool = False):
     """Null-text-invert the clip's raw latents [F, C, h, w]; returns (inverted_raw, NullText).
 
     positive: the source prompt's CONDITIONING (DDIM inversion runs under it at guidance 1).
@@ -86,6 +87,9 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         `sampling.ddim_invert` (and bit-identical to `ddim_invert(model, latent_raw, positive, steps)`).
     callback(step, x0, x, total_steps), default ComfyUI's preview and progress bar: total_steps is
         steps (fast) or 2 * steps (inversion, then one per optimised step).
+    gradient_checkpointing: recompute every UNet block in the backward pass (checkpointing.py) instead of
+        keeping its activations: the same embeddings for a fraction of the memory, about one more forward
+        pass per Adam iteration. The official code keeps them.
     The work runs on a gradient clone: the caller's model is left as it was, its weights get no
     gradients and keep their values. Raises NullTextError (or sampling.SamplingError) for bad inputs.
     """
@@ -118,6 +122,8 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         swap = _UncondSwap(levels, [None] * steps, videos=1, null_videos=(0,))
         clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, swap)
         clone.set_model_input_block_patch_after_skip(_separate_skip)
+        if gradient_checkpointing:
+            checkpointing.add_checkpointing(clone, checkpointing.ALL_BLOCKS)
         loop = _NullTextLoop(swap, start_embedding, float(cfg), inner_steps, float(epsilon), callback)
         guider = comfy.samplers.CFGGuider(clone)
         guider.set_conds(positive, negative)

@@ -214,6 +214,16 @@ def test_optimisation_matches_a_naive_plain_torch_null_text_loop(core, nt, infla
     assert got.uncond.shape == (steps, 77, 768) and got.uncond.dtype == torch.float32
 
 
+def test_gradient_checkpointing_gives_the_same_embeddings(nt, inflated, short_clip, prompts):
+    args = (inflated, short_clip, prompts[SOURCE], prompts[""], 1, CFG, 2, 0.0)
+    with torch.inference_mode():
+        _, plain = nt.null_text_invert(*args)
+        _, checkpointed = nt.null_text_invert(*args, gradient_checkpointing=True)
+    assert torch.allclose(checkpointed.uncond, plain.uncond, rtol=0, atol=1e-5)
+    assert checkpointed.losses[0] == pytest.approx(plain.losses[0], rel=1e-4)
+    assert (checkpointed.uncond - prompts[""][0][0][0]).abs().mean() > 1e-3  # it did train
+
+
 def recording_model(model):
     """A clone that records each call's (cond_or_uncond, context) and predicts eps = 0."""
     calls = []
