@@ -131,8 +131,10 @@ def test_tiny_sd15_null_text_beats_plain_inversion_and_trains_only_the_embedding
     inverted_plain, plain = reconstruct(core, nt, inflated, short_clip, prompts, STEPS)
     inverted, null = reconstruct(core, nt, inflated, short_clip, prompts, STEPS, dict(inner_steps=3, epsilon=1e-5))
     errors = relative_error(plain, short_clip), relative_error(null, short_clip)
+    rms = [((x - short_clip).pow(2).mean() / short_clip.pow(2).mean()).sqrt().item() for x in (plain, null)]
     print(f"tiny random SD1.5, CFG {CFG}, {STEPS} steps, 3 inner steps: relative error plain {errors[0]:.3e}, "
-          f"null-text {errors[1]:.3e} ({100 * (1 - errors[1] / errors[0]):.0f}% lower)")
+          f"null-text {errors[1]:.3e} ({100 * (1 - errors[1] / errors[0]):.0f}% lower); relative RMS error "
+          f"{rms[0]:.3e} and {rms[1]:.3e} ({100 * (1 - rms[1] / rms[0]):.0f}% lower)")
     assert errors[1] < errors[0], errors
     assert torch.equal(inverted, inverted_plain)  # the inversion is DDIM Invert's under the source prompt
     assert nt.WRAPPER_KEY not in inflated.wrappers.get("apply_model", {})  # the input patcher is untouched
