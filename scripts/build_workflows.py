@@ -330,8 +330,48 @@ def long_clip() -> Workflow:
     )
 
 
+RABBIT_SOURCE = "a rabbit is eating a watermelon"
+RABBIT_EDIT = "a cat is eating a watermelon"
+
+
+def attention_edit() -> Workflow:
+    """Tune on the rabbit clip, null-text-invert it, then edit rabbit -> cat under attention control."""
+    nodes = clip_and_tuning()
+    for node in nodes:
+        if node.type == "TAVLoadVideo":
+            node.widgets.update(video="rabbit-watermelon.mp4")
+        elif node.id == 5:
+            node.widgets["text"] = RABBIT_SOURCE
+    nodes += [
+        prompt(7, (680, 400), ""),
+        Node(8, "TAVNullTextInvert", (1020, 260),
+             {"steps": 50, "cfg": 7.5, "inner_steps": 10, "epsilon": 1e-5, "fast": False},
+             {"model": (6, 0), "latent": (3, 0), "positive": (5, 0), "negative": (7, 0)}),
+        Node(9, "TAVAttentionEditSample", (1360, 0),
+             {"source_prompt": RABBIT_SOURCE, "edited_prompt": RABBIT_EDIT, "steps": 50, "cfg": 7.5,
+              "cross_replace": 0.2, "self_replace": 0.5, "controller": "replace",
+              "blend_source_word": "rabbit", "blend_edited_word": "cat"},
+             {"model": (6, 0), "clip": (1, 1), "latent": (8, 0)}),
+        Node(10, "VAEDecode", (1700, 0), links={"samples": (9, 0), "vae": (1, 2)}),
+        *save_video(11, (2040, 0), (10, 0), (2, 2), (2, 3), "tuneavideo/attention-edit"),
+        Node(13, "VAEDecode", (1700, 420), links={"samples": (9, 1), "vae": (1, 2)}),
+        *save_video(14, (2040, 420), (13, 0), (2, 2), (2, 3), "tuneavideo/attention-edit-source"),
+    ]
+    return Workflow(
+        name="attention-edit",
+        note=("**An edit that keeps the video (Video-P2P).** Tune on the clip, then Null-Text Inversion: the "
+              "inversion under the source prompt, with every step's unconditional embedding optimised so that "
+              "CFG 7.5 retraces it. Video Edit samples the source and the edited prompt together and gives the "
+              "edit the source's attention maps: 'rabbit' becomes 'cat', and local blend on rabbit/cat keeps "
+              "everything outside the animal from the source. The second video is the source's reconstruction: "
+              "how faithful the inversion is. Use rabbit-watermelon.mp4 from the Tune-A-Video data, or your own "
+              "clip and prompts."),
+        nodes=nodes,
+    )
+
+
 WORKFLOWS = [tune_a_video, reuse_tuned, controlnet_pose, personalised, text_to_video_ablation, tune_a_video_sdxl,
-             long_clip]
+             long_clip, attention_edit]
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ LOWERED = {
     "TAVDDIMInvert": {"steps": 3},
     "TAVVideoSample": {"steps": 3},
     "EmptyLatentImage": {"width": 64, "height": 64, "batch_size": FRAMES},
+    "TAVNullTextInvert": {"steps": 3, "inner_steps": 2},
+    "TAVAttentionEditSample": {"steps": 3},
 }
 
 
@@ -93,8 +95,13 @@ def test_sdxl_workflow(server):
     check_videos(server, history, 1)
 
 
+def test_attention_edit_workflow(server, test_models):
+    history = server.run(lowered("attention-edit", test_models), timeout=600)
+    check_videos(server, history, 2)  # the edit and the source's reconstruction
+
+
 def test_every_workflow_is_covered():
     covered = {"tune-a-video", "reuse-tuned-weights", "controlnet-pose", "personalised-lora",
-               "text-to-video-from-noise", "tune-a-video-sdxl",
+               "text-to-video-from-noise", "tune-a-video-sdxl", "attention-edit",
                "long-clip"}  # long-clip: tests/server/test_long_clip.py
     assert {p.stem for p in API_DIR.glob("*.json")} == covered
