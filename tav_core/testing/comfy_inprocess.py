@@ -80,3 +80,16 @@ def with_v_prediction(model):
     patched = model.clone()
     patched.add_object_patch("model_sampling", VPrediction(model.model.model_config))
     return patched
+
+
+def perturb_temporal_outputs(temporal_layers, seed: int = 1, scale: float = 0.05) -> None:
+    """Give an inflated model's temporal layers trained-looking output projections, in place.
+
+    Inflation zeroes them (the layers start as identity), so without this a test could not see what
+    the temporal attention does. `temporal_layers`: `inflate.temporal_layers(model)`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in temporal_layers.named_parameters():
+            if "attn_temp.to_out" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * scale)

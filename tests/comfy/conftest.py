@@ -46,3 +46,24 @@ def sd15(comfy_nodes, tiny_checkpoint):
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             str(tiny_checkpoint), output_vae=True, output_clip=True)
     return model, clip, vae
+
+
+@pytest.fixture(autouse=True)
+def no_interrupt_left():
+    """A test that interrupts (or fails while interrupting) leaves no interrupt for the next one."""
+    import comfy.model_management
+
+    yield
+    comfy.model_management.interrupt_current_processing(False)
+
+
+@pytest.fixture
+def progress_hook():
+    """The (value, total) of every progress-bar update that ComfyUI's global hook sees."""
+    import comfy.utils
+
+    calls = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    yield calls
+    comfy.utils.set_progress_bar_global_hook(previous)

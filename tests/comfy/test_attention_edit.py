@@ -12,6 +12,8 @@ import math
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
+
 FRAMES = 2
 STEPS = 3
 CFG = 7.5
@@ -35,11 +37,7 @@ def edit_core(pack):
 @pytest.fixture(scope="module")
 def inflated(sd15, edit_core):
     model = edit_core.inflate.inflate(sd15[0], seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking temporal layers (they start at zero), so that they contribute
-        for name, p in edit_core.inflate.temporal_layers(model).named_parameters():
-            if "attn_temp.to_out" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_temporal_outputs(edit_core.inflate.temporal_layers(model))  # they start at zero: make them contribute
     return model
 
 
@@ -429,17 +427,6 @@ def test_node_schema_has_tooltips_and_two_latents(node):
     assert all(spec[1].get("tooltip") for spec in inputs.values())
     assert set(info["input"]["optional"]) >= {"reweight_words", "blend_source_word", "conditioning"}
     assert info["output"] == ["LATENT", "LATENT"] and all(info["output_tooltips"])
-
-
-@pytest.fixture
-def progress_hook():
-    import comfy.utils
-
-    calls = []
-    previous = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
-    yield calls
-    comfy.utils.set_progress_bar_global_hook(previous)
 
 
 def test_node_runs_the_edit_and_reports_bad_words(edit_core, node, inflated, clip, inversion, controlled,

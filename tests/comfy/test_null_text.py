@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import pack_core
+from tav_core.testing.comfy_inprocess import pack_core, perturb_temporal_outputs
 
 FRAMES = 4
 UNET_FRAMES = 2  # the tests that run the real (tiny) UNet backward use fewer frames: they cost per frame
@@ -51,20 +51,8 @@ def prompts(sd15):
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
     model = core.inflate.inflate(sd15[0], seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking temporal layers (they start at zero), so that they contribute
-        for name, p in core.inflate.temporal_layers(model).named_parameters():
-            if "attn_temp.to_out" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
     return model
-
-
-@pytest.fixture(autouse=True)
-def no_interrupt_left():
-    import comfy.model_management
-
-    yield
-    comfy.model_management.interrupt_current_processing(False)
 
 
 def text_model(model, seed=0):

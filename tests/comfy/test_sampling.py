@@ -7,7 +7,7 @@ directly at integer timesteps and classifier-free guidance done by hand, as the 
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import with_v_prediction
+from tav_core.testing.comfy_inprocess import perturb_temporal_outputs, with_v_prediction
 
 FRAMES = 4
 STEPS = 5
@@ -42,21 +42,8 @@ def prompts(sd15):
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
     model = core.inflate.inflate(sd15[0], seed=0)
-    layers = core.inflate.temporal_layers(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking temporal layers (they start at zero), so that they contribute
-        for name, p in layers.named_parameters():
-            if "attn_temp.to_out" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
     return model
-
-
-@pytest.fixture(autouse=True)
-def no_interrupt_left():
-    import comfy.model_management
-
-    yield
-    comfy.model_management.interrupt_current_processing(False)
 
 
 class NaiveReference:
@@ -236,17 +223,6 @@ def test_lora_on_the_inflated_model_changes_the_video(core, inflated, sd15, prom
     with_lora = short_video(core, lora_model, prompts["a red car on a road"], prompts[""])
     assert torch.isfinite(with_lora).all()
     assert relative_error(with_lora, plain_video) > 1e-3
-
-
-@pytest.fixture
-def progress_hook():
-    import comfy.utils
-
-    calls = []
-    previous = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
-    yield calls
-    comfy.utils.set_progress_bar_global_hook(previous)
 
 
 def test_the_samplers_call_back_once_per_step(core, exact_model, clip_latents, prompts):

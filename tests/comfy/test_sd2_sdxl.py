@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from tav_core.testing import sd2_sdxl
+from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
 
 FRAMES = 4
 STEPS = 3
@@ -124,11 +125,7 @@ def clip_latents(core, loaded, synthetic_clip):
 @pytest.fixture(scope="module")
 def inflated(core, loaded):
     model = core.inflate.inflate(loaded[0], seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking temporal layers (they start at zero), so that they contribute
-        for name, p in core.inflate.temporal_layers(model).named_parameters():
-            if "attn_temp.to_out" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
     return model
 
 

@@ -6,6 +6,8 @@ plainly with a per-frame attention patch of its own, and a frame-wise function m
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
+
 FRAMES = 10
 WINDOW = 4
 OVERLAP = 2
@@ -35,11 +37,7 @@ def prompts(sd15):
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
     model = core.inflate.inflate(sd15[0], seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # trained-looking temporal layers, so that windows change what they see
-        for name, p in core.inflate.temporal_layers(model).named_parameters():
-            if "attn_temp.to_out" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
     return model
 
 
