@@ -41,7 +41,6 @@ class NullTextInvert(io.ComfyNode):
                                          "prompt; Video Sample then samples it with the positive prediction only "
                                          "(no guidance). About inner_steps times faster; often enough for a tuned "
                                          "model."),
-                # Optional, so that API prompts written before this input existed still queue.
                 io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                                  tooltip="Recompute the UNet's blocks in each backward pass instead of keeping "
                                          "their activations: the same result in far less memory, about a third "

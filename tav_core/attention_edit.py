@@ -245,8 +245,8 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
     if callback is None:
         callback = _edited_preview(patched, steps, frames)
     try:
-        out = sampling._run(patched, guider, sampler, sigmas, start, callback, seed=0)
+        out = sampling.run_guided(patched, guider, sampler, sigmas, start, callback, seed=0)
     except ControlError as e:
         raise EditError(str(e)) from e
-    out = sampling._rescale(patched, out, 1 / math.sqrt(1 + float(sigmas[-1]) ** 2))
+    out = sampling.rescale_latent(patched, out, 1 / math.sqrt(1 + float(sigmas[-1]) ** 2))
     return out[frames:], out[:frames], control_run

@@ -129,7 +129,7 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)  # the inversion's guidance; the optimisation forms its CFG itself
         inversion_sigmas = levels.flip(0)
-        start = sampling._rescale(model, raw, math.sqrt(1 + float(inversion_sigmas[0]) ** 2))
+        start = sampling.rescale_latent(model, raw, math.sqrt(1 + float(inversion_sigmas[0]) ** 2))
         try:
             inverted = guider.sample(torch.zeros_like(start), start, comfy.samplers.KSAMPLER(loop),
                                      inversion_sigmas, callback=None,
@@ -381,7 +381,7 @@ class _NullTextLoop:
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 eps_uncond = self._eps(guider, x, sigma, 1, model_options)
                 guided = eps_uncond + self.cfg * (eps_cond - eps_uncond)
-                x_prev = sampling._ddim_step(x, guided, s, s_next, 0.0, None)
+                x_prev = sampling.ddim_step_comfy_space(x, guided, s, s_next, 0.0, None)
                 loss = torch.nn.functional.mse_loss(x_prev * to_ddim, target)
                 optimizer.zero_grad()
                 loss.backward()
@@ -396,4 +396,4 @@ class _NullTextLoop:
                 eps_uncond = self._eps(guider, x, sigma, 1, model_options)
                 guided = eps_uncond + self.cfg * (eps_cond - eps_uncond)
                 self.progress(steps + i, x - s * guided, x, 2 * steps)
-                x = sampling._ddim_step(x, guided, s, s_next, 0.0, None)
+                x = sampling.ddim_step_comfy_space(x, guided, s, s_next, 0.0, None)

@@ -12,7 +12,7 @@ so ComfyUI's sigma -> timestep lookup hits the same integer timesteps.
 
 Ends of the schedule. The reference treats the clip's latent as x_ddim at level a[0] (where
 inversion starts and sampling ends, set_alpha_to_one=False) rather than as a clean x0; at that level
-ComfyUI's x differs from x_ddim by 1/sqrt(a[0]), which `_rescale` applies on the way in and out.
+ComfyUI's x differs from x_ddim by 1/sqrt(a[0]), which `rescale_latent` applies on the way in and out.
 
 Inverted LATENTs hold ComfyUI's noisy-latent convention (x at the last inversion level, in raw VAE
 units), like KSamplerAdvanced's "return_with_leftover_noise" output.
@@ -61,7 +61,7 @@ def _predict_eps(model, x, sigma, extra_args):
     return (x - denoised) / sigma, denoised
 
 
-def _ddim_step(x, eps, sigma: float, sigma_next: float, eta: float, noise_sampler):
+def ddim_step_comfy_space(x, eps, sigma: float, sigma_next: float, eta: float, noise_sampler):
     """diffusers' DDIMScheduler.step on x_ddim = sqrt(a) x, written in ComfyUI's space (divided by sqrt(a_next))."""
     a, a_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
     std = eta * math.sqrt((1 - a_next) / (1 - a) * (1 - a / a_next))
@@ -87,7 +87,7 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         eps, denoised = _predict_eps(model, x, sigma, extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = _ddim_step(x, eps, float(sigma), float(sigma_next), eta, noise_sampler)
+        x = ddim_step_comfy_space(x, eps, float(sigma), float(sigma_next), eta, noise_sampler)
         if after_step is not None:
             x = after_step(i, x)
     return x
@@ -115,13 +115,13 @@ def sample_ddim_inversion(model, x, sigmas, extra_args=None, callback=None, disa
     return x
 
 
-def _rescale(model, raw: torch.Tensor, factor: float) -> torch.Tensor:
+def rescale_latent(model, raw: torch.Tensor, factor: float) -> torch.Tensor:
     """The raw LATENT whose model-space latent is `factor` times `raw`'s (latent formats are affine)."""
     inner = model.model
     return inner.process_latent_out(inner.process_latent_in(raw) * factor)
 
 
-def _run(model, guider, sampler, sigmas, start_raw, callback, seed):
+def run_guided(model, guider, sampler, sigmas, start_raw, callback, seed):
     if callback is None:
         callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     # Zero noise: the run starts at the given latent, as core KSamplerAdvanced with add_noise off.
@@ -144,9 +144,9 @@ def ddim_invert(model, latent_raw: torch.Tensor, conditioning, steps: int, callb
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(conditioning, conditioning)
     guider.set_cfg(1.0)
-    start = _rescale(model, latent_raw, math.sqrt(1 + float(sigmas[0]) ** 2))
+    start = rescale_latent(model, latent_raw, math.sqrt(1 + float(sigmas[0]) ** 2))
     sampler = comfy.samplers.KSAMPLER(sample_ddim_inversion)
-    return _run(model, guider, sampler, sigmas, start, callback, seed=0)
+    return run_guided(model, guider, sampler, sigmas, start, callback, seed=0)
 
 
 def ddim_sample(model, positive, negative, latent_raw: torch.Tensor, steps: int, cfg: float, eta: float,
@@ -179,8 +179,8 @@ def ddim_sample(model, positive, negative, latent_raw: torch.Tensor, steps: int,
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     sampler = comfy.samplers.KSAMPLER(sample_ddim, extra_options={"eta": eta, "noise_sampler": noise_sampler})
-    samples = _run(model, guider, sampler, sigmas, start, callback, seed)
-    return _rescale(model, samples, 1 / math.sqrt(1 + float(sigmas[-1]) ** 2))
+    samples = run_guided(model, guider, sampler, sigmas, start, callback, seed)
+    return rescale_latent(model, samples, 1 / math.sqrt(1 + float(sigmas[-1]) ** 2))
 
 
 def latent_fingerprint(samples: torch.Tensor) -> str:
