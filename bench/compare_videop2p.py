@@ -1,0 +1,259 @@
+"""Null-text inversion and attention control against the official Video-P2P code, same random weights.
+
+Setup, once (outside this repository; nothing of the official code comes into it):
+
+    mkdir -p /work/official
+    git -C <Video-P2P snapshot> archive HEAD | tar -x -C /work/official/Video-P2P      # dvlab-research/Video-P2P
+    git -C <Tune-A-Video snapshot> archive HEAD | tar -x -C /work/official/Tune-A-Video  # showlab/Tune-A-Video
+    python3.11 -m venv /work/official/venv          # the same python as .venv
+    echo "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+        > /work/official/venv/lib/python3.11/site-packages/_base_venv.pth   # this project's torch, reused
+    /work/official/venv/bin/pip install diffusers==0.11.1 'huggingface_hub<0.26' transformers==4.30.2 \
+        accelerate==0.20.3 'setuptools<70' einops omegaconf opencv-python-headless ipython
+
+Run (about a minute on 2 CPUs, one thread each side):
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/compare_videop2p.py \
+        --official-python /work/official/venv/bin/python \
+        --videop2p /work/official/Video-P2P --showlab /work/official/Tune-A-Video
+
+What it does:
+- Model: the pack's tiny random SD1.5 checkpoint (tav_core.testing.checkpoints, 107M UNet), loaded
+  by ComfyUI as the loader node does, with CLIP computed in fp32 (`--fp32-text-enc`; ComfyUI's CPU
+  default is fp16, which alone differs from an fp32 encoder by ~1e-3). Random temporal weights (every
+  attn_temp/norm_temp tensor, PyTorch-default init) written as an official-named file and loaded
+  through Load Tuned Weights' code (`weights.load_tuned`). The effective weights of the inflated model
+  are exported under the official diffusers names (ComfyUI's key map, weights.official_to_comfy) as
+  a diffusers folder: unet/ (config + every tensor), text_encoder/ (the checkpoint's CLIP-L, HF
+  names), latent.pt. bench/videop2p_official.py runs Video-P2P on it (see its docstring).
+- Work: 4 frames at 64x64 px, 5 DDIM steps, 3 inner steps, CFG 7.5, one thread on each side
+  (`torch.set_num_threads(1)`). The clip's latent is seeded Gaussian noise in the UNet's space.
+- Compares: the text embeddings, Video-P2P's DDIM inversion trajectory, the null-text embeddings
+  per step, the inverted latent, the reconstruction, and each controller (replace, refine,
+  reweight) with and without local blend, as relative differences ||ours - official|| / ||official||.
+Writes bench/results/videop2p-<timestamp>.{json,md} (git-ignored) and the official tensors (.pt).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import machine  # bench/, this script's folder, is first on sys.path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(ROOT))
+
+SOURCE = "a rabbit is eating a watermelon"
+# Video-P2P's own settings where the tiny run allows: mask_th, inner-step epsilon; fractions chosen
+# so that each switch (cross and self replace, local blend start) falls inside the 5 steps.
+CROSS, SELF = 0.8, 0.6
+MASK_TH = (0.3, 0.3)
+CASES = (
+    # name, edited prompt, is_word_swap, local-blend words, equaliser
+    ("replace", "a cat is eating a watermelon", True, None, None),
+    ("replace_blend", "a cat is eating a watermelon", True, ("rabbit", "cat"), None),
+    ("refine", "a origami rabbit is eating a watermelon", False, None, None),
+    ("refine_blend", "a origami rabbit is eating a watermelon", False, ("rabbit", "rabbit"), None),
+    ("reweight", "a origami rabbit is eating a watermelon", False, None, {"words": ["origami"], "values": [2.0]}),
+    ("reweight_blend", "a origami rabbit is eating a watermelon", False, ("rabbit", "rabbit"),
+     {"words": ["origami"], "values": [2.0]}),
+)
+
+
+def tiny_diffusers_unet_config(unet_config: dict) -> dict:
+    """The diffusers UNet2DConditionModel config of a ComfyUI SD1.x UNet config (one transformer per
+    res block on every level, as the pack's tiny checkpoint has)."""
+    levels = len(unet_config["channel_mult"])
+    blocks = unet_config["num_res_blocks"]
+    if len(set(blocks)) != 1:
+        raise ValueError("levels with different res block counts have no diffusers config")
+    return {
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.11.1", "sample_size": 8,
+        "in_channels": 4, "out_channels": 4, "layers_per_block": blocks[0],
+        "block_out_channels": [unet_config["model_channels"] * m for m in unet_config["channel_mult"]],
+        "down_block_types": ["CrossAttnDownBlock2D"] * levels, "up_block_types": ["CrossAttnUpBlock2D"] * levels,
+        "cross_attention_dim": unet_config["context_dim"], "attention_head_dim": unet_config["num_heads"],
+        "flip_sin_to_cos": True, "freq_shift": 0, "norm_num_groups": 32, "norm_eps": 1e-5,
+        "use_linear_projection": False, "center_input_sample": False, "act_fn": "silu",
+        "mid_block_scale_factor": 1, "downsample_padding": 1,
+    }
+
+
+class Ours:
+    """This pack in ComfyUI: the tiny checkpoint, inflated with random temporal weights."""
+
+    def __init__(self, seed: int = 0):
+        from tav_core.testing.comfy_inprocess import bootstrap_comfyui, load_comfy_with_pack, pack_core
+
+        bootstrap_comfyui()
+        import comfy.cli_args
+
+        comfy.cli_args.args.fp32_text_enc = True  # see the docstring
+        load_comfy_with_pack()
+        import comfy.sd
+        from tav_core.testing.checkpoints import cached_sd15_checkpoint
+
+        self.core = pack_core("inflate", "sampling", "tuned", "weights")
+        self.checkpoint = cached_sd15_checkpoint(size="tiny")
+        with torch.inference_mode():  # as ComfyUI's loader node runs
+            base, self.clip, _, _ = comfy.sd.load_checkpoint_guess_config(
+                str(self.checkpoint), output_vae=False, output_clip=True)
+        self.base = base
+        self.seed = seed
+
+    def temporal_file(self, path: Path) -> Path:
+        """Random temporal weights (PyTorch-default init, output projections included), official names."""
+        import copy
+
+        from safetensors.torch import save_file
+        from tav_core.testing.checkpoints import initialised_weights
+
+        inflate, weights, tuned = self.core.inflate, self.core.weights, self.core.tuned
+        inflated = inflate.inflate(self.base)
+        layers = copy.deepcopy(inflate.temporal_layers(inflated))
+        state = initialised_weights(layers, torch.Generator().manual_seed(1000 + self.seed))
+        to_official = {o: official for official, o in
+                       weights.official_to_comfy(self.base.model.model_config.unet_config).items()}
+        save_file({to_official[tuned.UNET_PREFIX + k]: v for k, v in state.items()}, str(path))
+        return path
+
+    def load(self, temporal: Path):
+        self.model = self.core.weights.load_tuned(self.base, temporal)
+        return self.model
+
+    def export(self, folder: Path) -> None:
+        """The inflated model's effective weights as a diffusers folder for the official side."""
+        tuned, weights = self.core.tuned, self.core.weights
+        unet_config = self.model.model.model_config.unet_config
+        to_official = {o: official for official, o in weights.official_to_comfy(unet_config).items()}
+        names = [tuned.UNET_PREFIX + k for k in self.model.model.diffusion_model.state_dict()]
+        names += tuned.temporal_names(self.model)
+        missing = [n for n in names if n not in to_official]
+        if missing:
+            raise RuntimeError(f"no official name for {missing[:5]}")
+        values = tuned.effective_weights(self.model, names)
+        (folder / "unet").mkdir(parents=True, exist_ok=True)
+        torch.save({to_official[n]: v.detach().to(torch.float32).cpu().contiguous() for n, v in values.items()},
+                   folder / "unet" / "diffusion_pytorch_model.bin")
+        (folder / "unet" / "config.json").write_text(json.dumps(tiny_diffusers_unet_config(unet_config), indent=1))
+
+        from safetensors import safe_open
+        prefix = "cond_stage_model.transformer."
+        with safe_open(str(self.checkpoint), "pt") as f:
+            text = {k[len(prefix):]: f.get_tensor(k).to(torch.float32) for k in f.keys() if k.startswith(prefix)}
+        (folder / "text_encoder").mkdir(exist_ok=True)
+        torch.save(text, folder / "text_encoder" / "pytorch_model.bin")
+        shutil.copy(self.comfy_dir() / "comfy" / "sd1_clip_config.json", folder / "text_encoder" / "config.json")
+
+    @staticmethod
+    def comfy_dir() -> Path:
+        from tav_core.testing.server import comfyui_dir
+        return Path(comfyui_dir())
+
+    def encode(self, text: str):
+        with torch.inference_mode():
+            return self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+
+    def to_official(self, raw: torch.Tensor, sigma: float = 0.0) -> torch.Tensor:
+        """Raw LATENT [F, 4, h, w] at level sigma -> the official x [1, 4, F, h, w] (DDIM's sqrt(a) scaling)."""
+        x = self.model.model.process_latent_in(raw.to(torch.float32)) / math.sqrt(1 + sigma**2)
+        return x.permute(1, 0, 2, 3).unsqueeze(0).contiguous()
+
+    def from_official(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.model.process_latent_out(x[0].permute(1, 0, 2, 3).contiguous())
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().to(torch.float64).cpu(), b.detach().to(torch.float64).cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def run_official(args, spec: dict, tag: str) -> dict:
+    path = Path(spec["folder"]) / f"spec-{tag}.json"
+    path.write_text(json.dumps(spec, indent=1))
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run([args.official_python, str(HERE / "videop2p_official.py"), str(path)],
+                          capture_output=True, text=True, env=env, timeout=args.timeout)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT:")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"official run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULT:"):])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--official-python", required=True)
+    parser.add_argument("--videop2p", required=True, type=Path)
+    parser.add_argument("--showlab", required=True, type=Path)
+    parser.add_argument("--frames", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--inner-steps", type=int, default=3)
+    parser.add_argument("--epsilon", type=float, default=1e-5)
+    parser.add_argument("--cfg", type=float, default=7.5)
+    parser.add_argument("--official-runs", type=int, default=2, help="official repeats (bitwise reproducibility)")
+    parser.add_argument("--timeout", type=int, default=1800)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(exist_ok=True)
+    share = RESULTS / f"videop2p-{stamp}"
+    share.mkdir()
+    ours = Ours()
+    ours.load(ours.temporal_file(share / "temporal.safetensors"))
+    ours.export(share)
+    latent_size = args.size // 8
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(1, 4, args.frames, latent_size, latent_size, generator=g)  # the UNet's space
+    torch.save(x0, share / "latent.pt")
+    latent_raw = ours.from_official(x0)
+
+    # The tiny UNet has two levels, so its down and up maps are at latent/1 and latent/2. LocalBlend's
+    # SD1.5 rule (the down and up maps at the lowest resolution the attention store keeps, latent/4
+    # at 512 px) is, in the tiny model, every down/up cross-attention at latent/2: down level 1 (one
+    # transformer) and up level 0 (two), i.e. down_cross[1:2] and up_cross[0:2].
+    spec = {"videop2p": str(args.videop2p), "showlab": str(args.showlab), "folder": str(share),
+            "tokenizer": str(ours.comfy_dir() / "comfy" / "sd1_tokenizer"), "frames": args.frames,
+            "size": args.size, "steps": args.steps, "inner_steps": args.inner_steps, "epsilon": args.epsilon,
+            "cfg": args.cfg, "threads": 1, "source": SOURCE, "mask_th": list(MASK_TH),
+            "blend_down": [1, 2], "blend_up": [0, 2], "blend_res": latent_size // 2,
+            "cases": [{"name": n, "prompts": [SOURCE, p], "is_word_swap": swap, "cross": CROSS, "self": SELF,
+                       "blend": list(b) if b else None, "eq": eq} for n, p, swap, b, eq in CASES]}
+    official, tensors = [], []
+    for run in range(args.official_runs):
+        spec["out"] = str(share / f"official-{run}.pt")
+        official.append(run_official(args, spec, str(run)))
+        tensors.append(torch.load(spec["out"]))
+    reference = tensors[0]
+    repeat = {k: rel(tensors[-1][k], v) if isinstance(v, torch.Tensor) and v.is_floating_point() else None
+              for k, v in reference.items()}
+
+    report = {"date": stamp, "machine": machine.capability(), "spec": spec, "official": official,
+              "official_repeat_rel": repeat}
+    report["rows"] = compare_ours(ours, reference, latent_raw, spec) if ours_available() else None
+    (RESULTS / f"videop2p-{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({"official": official[0], "repeat": repeat, "rows": report["rows"]}, indent=1, default=str))
+
+
+def ours_available() -> bool:
+    return False
+
+
+def compare_ours(ours, reference, latent_raw, spec):
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    main()
