@@ -296,7 +296,7 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
             guider.sample(torch.zeros_like(latents), latents, loop, torch.ones(2), seed=settings.seed,
                           disable_pbar=True)
         finally:
-            _unload(training)
+            unload_clone(training)
         full = [name for name, adapter in adapters.items() if isinstance(adapter, FullCopy)]
         start = tuned.effective_weights(model, full)  # bit-identical to the values training began from
         deltas = {name: adapter.delta(start.get(name)).cpu() for name, adapter in adapters.items()}
@@ -321,19 +321,32 @@ def _training_clone(model, adapters: dict, checkpoint_blocks: str | None):
     """A clone whose forward pass uses the adapters, and only ordinary (non-inference) weights.
 
     `checkpoint_blocks`: a checkpointing scope (checkpointing.SCOPES), or None for no checkpointing."""
-    training = model.clone()
-    layers = inflate.temporal_patcher(model).clone()
-    training.set_additional_models(inflate.KEY, [layers])
+    training = gradient_clone(model)
+    layers = inflate.temporal_patcher(training)
     for name, adapter in adapters.items():
         if tuned.is_temporal(name):
             layers.add_weight_wrapper(name[len(tuned.UNET_PREFIX):], adapter)
         else:
             training.add_weight_wrapper(name, adapter)
-    for owner in (training, layers):
-        owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
     if checkpoint_blocks is not None:
         checkpointing.add_checkpointing(training, checkpoint_blocks)
     return training
+
+
+def gradient_clone(model):
+    """A clone of `model` (and of its temporal layers, if inflated) that autograd can run backward through.
+
+    The weights get no gradients; they become ordinary tensors when the clone loads. One-Shot Tune adds its
+    adapters to it; null-text inversion differentiates through it with respect to a text embedding."""
+    clone = model.clone()
+    owners = [clone]
+    if inflate.is_inflated(model):
+        layers = inflate.temporal_patcher(model).clone()
+        clone.set_additional_models(inflate.KEY, [layers])
+        owners.append(layers)
+    for owner in owners:
+        owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
+    return clone
 
 
 def _ordinary_weights(patcher, *_) -> None:
@@ -349,8 +362,8 @@ def _ordinary_weights(patcher, *_) -> None:
                     setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
 
 
-def _unload(training) -> None:
-    """Unload the training clone now, so its wrappers and checkpointed views leave the shared model."""
+def unload_clone(training) -> None:
+    """Unload a gradient or training clone now, so its wrappers and checkpointed views leave the shared model."""
     targets = {id(training), *(id(m) for m in training.get_nested_additional_models())}
     for loaded in list(comfy.model_management.current_loaded_models):
         if loaded.model is not None and id(loaded.model) in targets:
