@@ -43,6 +43,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -193,9 +194,9 @@ def run_official(args, spec: dict, tag: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--official-python", required=True)
-    parser.add_argument("--videop2p", required=True, type=Path)
-    parser.add_argument("--showlab", required=True, type=Path)
+    parser.add_argument("--official-python")
+    parser.add_argument("--videop2p", type=Path)
+    parser.add_argument("--showlab", type=Path)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=5)
@@ -204,55 +205,122 @@ def main():
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--official-runs", type=int, default=2, help="official repeats (bitwise reproducibility)")
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--reuse", type=Path, help="a results/videop2p-* folder: compare ours against its official run")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(exist_ok=True)
-    share = RESULTS / f"videop2p-{stamp}"
-    share.mkdir()
     ours = Ours()
-    ours.load(ours.temporal_file(share / "temporal.safetensors"))
-    ours.export(share)
-    latent_size = args.size // 8
-    g = torch.Generator().manual_seed(3)
-    x0 = torch.randn(1, 4, args.frames, latent_size, latent_size, generator=g)  # the UNet's space
-    torch.save(x0, share / "latent.pt")
-    latent_raw = ours.from_official(x0)
-
-    # The tiny UNet has two levels, so its down and up maps are at latent/1 and latent/2. LocalBlend's
-    # SD1.5 rule (the down and up maps at the lowest resolution the attention store keeps, latent/4
-    # at 512 px) is, in the tiny model, every down/up cross-attention at latent/2: down level 1 (one
-    # transformer) and up level 0 (two), i.e. down_cross[1:2] and up_cross[0:2].
-    spec = {"videop2p": str(args.videop2p), "showlab": str(args.showlab), "folder": str(share),
-            "tokenizer": str(ours.comfy_dir() / "comfy" / "sd1_tokenizer"), "frames": args.frames,
-            "size": args.size, "steps": args.steps, "inner_steps": args.inner_steps, "epsilon": args.epsilon,
-            "cfg": args.cfg, "threads": 1, "source": SOURCE, "mask_th": list(MASK_TH),
-            "blend_down": [1, 2], "blend_up": [0, 2], "blend_res": latent_size // 2,
-            "cases": [{"name": n, "prompts": [SOURCE, p], "is_word_swap": swap, "cross": CROSS, "self": SELF,
-                       "blend": list(b) if b else None, "eq": eq} for n, p, swap, b, eq in CASES]}
-    official, tensors = [], []
-    for run in range(args.official_runs):
-        spec["out"] = str(share / f"official-{run}.pt")
-        official.append(run_official(args, spec, str(run)))
-        tensors.append(torch.load(spec["out"]))
+    if args.reuse:  # the shared folder and official outputs of an earlier run: ours only
+        share = args.reuse.resolve()
+        ours.load(share / "temporal.safetensors")
+        spec = json.loads((share / "spec-0.json").read_text())
+        official = [json.loads(p.read_text()) for p in sorted(share.glob("official-*.json"))]
+    else:
+        share = RESULTS / f"videop2p-{stamp}"
+        share.mkdir()
+        ours.load(ours.temporal_file(share / "temporal.safetensors"))
+        ours.export(share)
+        latent_size = args.size // 8
+        g = torch.Generator().manual_seed(3)
+        x0 = torch.randn(1, 4, args.frames, latent_size, latent_size, generator=g)  # the UNet's space
+        torch.save(x0, share / "latent.pt")
+        # The tiny UNet has two levels, so its down and up maps are at latent/1 and latent/2.
+        # LocalBlend's SD1.5 rule (the down and up maps at latent/4, the lowest resolution of the
+        # down/up path that 512 px reaches with 16x16 maps) is, in the tiny model, every down/up
+        # cross-attention at latent/2: down level 1 (one transformer) and up level 0 (two), i.e.
+        # down_cross[1:2] and up_cross[0:2] of Video-P2P's attention store.
+        spec = {"videop2p": str(args.videop2p), "showlab": str(args.showlab), "folder": str(share),
+                "tokenizer": str(ours.comfy_dir() / "comfy" / "sd1_tokenizer"), "frames": args.frames,
+                "size": args.size, "steps": args.steps, "inner_steps": args.inner_steps,
+                "epsilon": args.epsilon, "cfg": args.cfg, "threads": 1, "source": SOURCE,
+                "mask_th": list(MASK_TH), "blend_down": [1, 2], "blend_up": [0, 2], "blend_res": latent_size // 2,
+                "cases": [{"name": n, "prompts": [SOURCE, p], "is_word_swap": swap, "cross": CROSS, "self": SELF,
+                           "blend": list(b) if b else None, "eq": eq} for n, p, swap, b, eq in CASES]}
+        official = []
+        for run in range(args.official_runs):
+            spec["out"] = str(share / f"official-{run}.pt")
+            official.append(run_official(args, spec, str(run)))
+            (share / f"official-{run}.json").write_text(json.dumps(official[-1]))
+    tensors = [torch.load(p) for p in sorted(share.glob("official-*.pt"))]
     reference = tensors[0]
+    latent_raw = ours.from_official(reference["latent"])
     repeat = {k: rel(tensors[-1][k], v) if isinstance(v, torch.Tensor) and v.is_floating_point() else None
               for k, v in reference.items()}
+    bitwise = {k: bool(torch.equal(tensors[-1][k], v)) for k, v in reference.items()}
 
     report = {"date": stamp, "machine": machine.capability(), "spec": spec, "official": official,
-              "official_repeat_rel": repeat}
-    report["rows"] = compare_ours(ours, reference, latent_raw, spec) if ours_available() else None
+              "official_repeat_rel": repeat,
+              "official_repeat_bitwise": bitwise, "official_runs": len(tensors)}
+    report["rows"] = compare_ours(ours, reference, latent_raw, spec)
     (RESULTS / f"videop2p-{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({"official": official[0], "repeat": repeat, "rows": report["rows"]}, indent=1, default=str))
 
 
-def ours_available() -> bool:
-    return False
+def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) -> list[dict]:
+    """Our side on the same inputs; one row per compared quantity (relative difference to the official)."""
+    from tav_core.testing.comfy_inprocess import pack_core
+
+    null_text = pack_core("null_text").null_text
+    sampling = ours.core.sampling
+    model, steps, cfg = ours.model, spec["steps"], spec["cfg"]
+    rows = []
+
+    def row(what, mine, theirs, note=""):
+        rows.append({"what": what, "rel": rel(mine, theirs), "note": note})
+
+    positive, negative = ours.encode(spec["source"]), ours.encode("")
+    row("text embedding, source prompt", positive[0][0], ref["context"][1:])
+    row("text embedding, empty prompt", negative[0][0], ref["context"][:1])
+    sigma_t = float(sampling.ddim_levels(model, steps)[0])
+
+    t0 = time.perf_counter()
+    inverted, nt = null_text.null_text_invert(model, latent_raw, positive, negative, steps, cfg,
+                                              spec["inner_steps"], spec["epsilon"], callback=_quiet)
+    seconds = time.perf_counter() - t0
+    plain = sampling.ddim_invert(model, latent_raw, positive, steps, callback=_quiet)
+    row("DDIM inversion under the source prompt (x_T)", ours.to_official(plain, sigma_t), ref["x_t"])
+    row("null-text inversion's inverted latent (x_T)", ours.to_official(inverted, sigma_t), ref["x_t"])
+    for i in range(steps):
+        row(f"null-text embedding, step {i}", nt.uncond[i], ref["uncond"][i],
+            f"loss per inner step {', '.join(f'{l:.4e}' for l in nt.losses[i])}")
+    row("null-text embeddings, all steps", nt.uncond, ref["uncond"], f"ours {seconds:.1f} s")
+
+    def sample(null, pos, neg, start, cfg_):
+        m, c = null_text.for_sampling(model, null, steps, cfg_) if null is not None else (model, cfg_)
+        out = sampling.ddim_sample(m, pos, neg, start, steps, c, 0.0, 0, True, callback=_quiet)
+        return ours.to_official(out)
+
+    rec = sample(nt, positive, negative, inverted, cfg)
+    row("reconstruction, null-text (final latent)", rec, ref["rec_nulltext"][-1])
+    rec_plain = sample(None, positive, negative, plain, cfg)
+    row("reconstruction, plain DDIM inversion (final latent)", rec_plain, ref["rec_plain"][-1])
+    inverted_fast, nt_fast = null_text.null_text_invert(model, latent_raw, positive, negative, steps, cfg,
+                                                        spec["inner_steps"], spec["epsilon"], fast=True,
+                                                        callback=_quiet)
+    rec_fast = sample(nt_fast, positive, negative, inverted_fast, cfg)
+    row("reconstruction, fast mode (final latent)", rec_fast, ref["rec_fast"][-1])
+    x0 = ref["latent"]
+    errors = {k: rel(v, x0) for k, v in (("null-text", rec), ("plain", rec_plain), ("fast", rec_fast))}
+    rows.append({"what": "reconstruction error ours: null-text / plain", "rel": errors["null-text"] / errors["plain"],
+                 "note": json.dumps(errors)})
+    rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt))
+    return rows
 
 
-def compare_ours(ours, reference, latent_raw, spec):
-    raise NotImplementedError
+def compare_edits(ours, ref, spec, positive, negative, inverted, nt) -> list[dict]:
+    from tav_core.testing.comfy_inprocess import pack_core
+
+    try:
+        edit = pack_core("attention_edit").attention_edit
+    except ImportError as e:
+        return [{"what": "controllers", "rel": None, "note": f"tav_core.attention_edit not available ({e})"}]
+    raise NotImplementedError("attention_edit's interface")
+
+
+def _quiet(*args):
+    """A sampler callback that draws no progress bar (ComfyUI's default one prints)."""
 
 
 if __name__ == "__main__":
