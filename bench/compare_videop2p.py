@@ -60,16 +60,24 @@ SOURCE = "a rabbit is eating a watermelon"
 # so that each switch (cross and self replace, local blend start) falls inside the 5 steps.
 CROSS, SELF = 0.8, 0.6
 MASK_TH = (0.3, 0.3)
-CASES = (
-    # name, edited prompt, is_word_swap, local-blend words, equaliser
-    ("replace", "a cat is eating a watermelon", True, None, None),
-    ("replace_blend", "a cat is eating a watermelon", True, ("rabbit", "cat"), None),
-    ("refine", "a origami rabbit is eating a watermelon", False, None, None),
-    ("refine_blend", "a origami rabbit is eating a watermelon", False, ("rabbit", "rabbit"), None),
-    ("reweight", "a origami rabbit is eating a watermelon", False, None, {"words": ["origami"], "values": [2.0]}),
-    ("reweight_blend", "a origami rabbit is eating a watermelon", False, ("rabbit", "rabbit"),
-     {"words": ["origami"], "values": [2.0]}),
-)
+EDITED = {"replace": "a cat is eating a watermelon", "refine": "a origami rabbit is eating a watermelon"}
+# name: (edited prompt, official is_word_swap, official eq_params, our controller, our reweight words,
+# local-blend words). Video-P2P's reweight always wraps a replace or refine controller
+# (make_controller); ours stacks reweight words on replace/refine, or reweights alone (prompts of
+# equal token count), which is the official replace + equaliser on identical prompts.
+EQ_ORIGAMI = {"words": ["origami"], "values": [2.0]}
+EQ_WATERMELON = {"words": ["watermelon"], "values": [2.0]}
+CASES = {
+    "replace": (EDITED["replace"], True, None, "replace", (), None),
+    "replace_blend": (EDITED["replace"], True, None, "replace", (), ("rabbit", "cat")),
+    "refine": (EDITED["refine"], False, None, "refine", (), None),
+    "refine_blend": (EDITED["refine"], False, None, "refine", (), ("rabbit", "rabbit")),
+    "refine_reweight": (EDITED["refine"], False, EQ_ORIGAMI, "refine", (("origami", 2.0),), None),
+    "refine_reweight_blend": (EDITED["refine"], False, EQ_ORIGAMI, "refine", (("origami", 2.0),), ("rabbit", "rabbit")),
+    "reweight": (SOURCE, True, EQ_WATERMELON, "reweight", (("watermelon", 2.0),), None),
+    "reweight_blend": (SOURCE, True, EQ_WATERMELON, "reweight", (("watermelon", 2.0),), ("rabbit", "rabbit")),
+}
+FAST_CASES = ("replace_blend",)  # also run in fast mode (no null-text embeddings, source unguided)
 
 
 def tiny_diffusers_unet_config(unet_config: dict) -> dict:
@@ -236,8 +244,10 @@ def main():
                 "size": args.size, "steps": args.steps, "inner_steps": args.inner_steps,
                 "epsilon": args.epsilon, "cfg": args.cfg, "threads": 1, "source": SOURCE,
                 "mask_th": list(MASK_TH), "blend_down": [1, 2], "blend_up": [0, 2], "blend_res": latent_size // 2,
-                "cases": [{"name": n, "prompts": [SOURCE, p], "is_word_swap": swap, "cross": CROSS, "self": SELF,
-                           "blend": list(b) if b else None, "eq": eq} for n, p, swap, b, eq in CASES]}
+                "cases": [{"name": n, "prompts": [SOURCE, c[0]], "is_word_swap": c[1], "cross": CROSS, "self": SELF,
+                           "blend": list(c[5]) if c[5] else None, "eq": c[2]} for n, c in CASES.items()]}
+        spec["cases"] += [dict(case, name=case["name"] + "_fast", fast=True)
+                          for case in spec["cases"] if case["name"] in FAST_CASES]
         official = []
         for run in range(args.official_runs):
             spec["out"] = str(share / f"official-{run}.pt")
@@ -305,18 +315,64 @@ def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) ->
     errors = {k: rel(v, x0) for k, v in (("null-text", rec), ("plain", rec_plain), ("fast", rec_fast))}
     rows.append({"what": "reconstruction error ours: null-text / plain", "rel": errors["null-text"] / errors["plain"],
                  "note": json.dumps(errors)})
-    rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt))
+    rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast))
     return rows
 
 
-def compare_edits(ours, ref, spec, positive, negative, inverted, nt) -> list[dict]:
+def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast) -> list[dict]:
     from tav_core.testing.comfy_inprocess import pack_core
 
     try:
         edit = pack_core("attention_edit").attention_edit
     except ImportError as e:
         return [{"what": "controllers", "rel": None, "note": f"tav_core.attention_edit not available ({e})"}]
-    raise NotImplementedError("attention_edit's interface")
+    null_text, sampling = pack_core("null_text").null_text, ours.core.sampling
+    model, steps, frames = ours.model, spec["steps"], spec["frames"]
+    sigmas = sampling.ddim_levels(model, steps)
+    rows = []
+    for case in spec["cases"]:
+        name = case["name"]
+        fast = bool(case.get("fast"))
+        edited_prompt, _, _, controller, reweight, blend = CASES[name.removesuffix("_fast")]
+        start, null = (inverted_fast, nt_fast) if fast else (inverted, nt)
+        latent = {"samples": start, sampling.INVERSION_KEY: sampling.inversion_marker(model, steps, start),
+                  null_text.NULL_TEXT_KEY: null}
+        trace = []
+
+        def record(step, x0, x, total):
+            # x: the model-space x at level `step` before that step; DDIM's x is x / sqrt(1 + sigma^2).
+            trace.append(x.detach().clone() / math.sqrt(1 + float(sigmas[step]) ** 2))
+
+        t0 = time.perf_counter()
+        try:
+            edited, source, run = edit.edit_sample(model, ours.clip, spec["source"], edited_prompt, latent, steps,
+                                                   spec["cfg"], case["cross"], case["self"], controller, reweight,
+                                                   blend, fast=fast, callback=record)
+        except Exception as e:  # report the failure and go on with the other cases
+            rows.append({"what": f"{name}: edit_sample", "rel": None, "note": f"{type(e).__name__}: {e}"})
+            continue
+        seconds = time.perf_counter() - t0
+        theirs = ref["edit_" + name]  # [steps, 2, 4, F, h, w]: after each step (and local blend)
+        rows.append({"what": f"{name}: edited video, final latent",
+                     "rel": rel(ours.to_official(edited), theirs[-1][1:]), "note": f"ours {seconds:.1f} s"})
+        rows.append({"what": f"{name}: source video, final latent",
+                     "rel": rel(ours.to_official(source), theirs[-1][:1]), "note": ""})
+        per_step = []
+        for i, x in enumerate(trace[1:]):  # our x before step i+1 = the official result of step i
+            pair = torch.stack([x[:frames], x[frames:]]).permute(0, 2, 1, 3, 4)
+            per_step.append(f"{rel(pair[1:], theirs[i][1:]):.1e}")
+        rows[-2]["note"] += f"; edited per step {' '.join(per_step)} (last: final)"
+        plan = getattr(run, "plan", None)
+        for key, official_key in (("replace_mapper", "mapper_"), ("refine_mapper", "mapper_"),
+                                  ("refine_alphas", "alphas_"), ("equalizer", "equalizer_")):
+            mine = getattr(plan, key, None)
+            theirs_t = ref.get(official_key + name)
+            if mine is not None and theirs_t is not None:
+                equal = torch.equal(mine.to(theirs_t.dtype).reshape(theirs_t.shape[-mine.ndim:]),
+                                    theirs_t.reshape(theirs_t.shape[-mine.ndim:]))
+                rows.append({"what": f"{name}: {key}", "rel": 0.0 if equal else 1.0,
+                             "note": "equal" if equal else "DIFFERENT"})
+    return rows
 
 
 def _quiet(*args):
