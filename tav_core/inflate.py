@@ -35,6 +35,11 @@ from .attention import TemporalAttention, sparse_causal_attention, video_group_n
 KEY = "tuneavideo"
 FRAMES_OPTION = "tav_frames"
 VIDEO_NORM_OPTION = "tav_video_norm"
+# transformer_options key of an optional override of the temporal layers' attention, called as
+# fn(q, k, v, heads, mask=None, transformer_options=..., default=...) on projected [videos * tokens,
+# frames, heads * dim] tensors (rows: video-major), where `default` is the attention that runs without
+# it. Attention control (attention_control.py) swaps temporal maps through it.
+TEMPORAL_ATTENTION_OPTION = "tav_temporal_attention"
 
 # Frames per video of the model call in progress; set by the DIFFUSION_MODEL wrapper for the
 # GroupNorm hooks, which (unlike transformer blocks) receive no transformer_options.
@@ -156,7 +161,8 @@ class Inflation:
 
 def _temporal_hook(layer: TemporalAttention):
     def hook(block, args, kwargs, output):
-        frames, _ = _layout(kwargs.get("transformer_options", {}))
+        options = kwargs.get("transformer_options", {})
+        frames, _ = _layout(options)
         if frames is None:
             raise InflateError(_NO_FRAMES)
         precision = block.attn_precision
@@ -164,7 +170,14 @@ def _temporal_hook(layer: TemporalAttention):
         def attention(q, k, v, heads, mask=None):
             return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
 
-        return layer(output, frames, attention)
+        override = options.get(TEMPORAL_ATTENTION_OPTION)
+        if override is None:
+            return layer(output, frames, attention)
+
+        def overridden(q, k, v, heads, mask=None):
+            return override(q, k, v, heads, mask=mask, transformer_options=options, default=attention)
+
+        return layer(output, frames, overridden)
 
     return hook
 

@@ -72,8 +72,12 @@ def _ddim_step(x, eps, sigma: float, sigma_next: float, eta: float, noise_sample
 
 
 @torch.no_grad()
-def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0, noise_sampler=None):
-    """DDIM sampler function for KSAMPLER (decreasing sigmas); eta 0 is deterministic DDIM."""
+def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.0, noise_sampler=None,
+                after_step=None):
+    """DDIM sampler function for KSAMPLER (decreasing sigmas); eta 0 is deterministic DDIM.
+
+    `after_step(i, x)`, when given, returns the latent that step i hands on (attention control's local blend).
+    """
     extra_args = {} if extra_args is None else extra_args
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed=extra_args.get("seed"))
@@ -84,6 +88,8 @@ def sample_ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, 
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         x = _ddim_step(x, eps, float(sigma), float(sigma_next), eta, noise_sampler)
+        if after_step is not None:
+            x = after_step(i, x)
     return x
 
 
