@@ -77,7 +77,7 @@ CASES = {
     "reweight": (SOURCE, True, EQ_WATERMELON, "reweight", (("watermelon", 2.0),), None),
     "reweight_blend": (SOURCE, True, EQ_WATERMELON, "reweight", (("watermelon", 2.0),), ("rabbit", "rabbit")),
 }
-FAST_CASES = ("replace_blend",)  # also run in fast mode (no null-text embeddings, source unguided)
+FAST_CASES = ("replace", "replace_blend")  # also run in fast mode (no null-text embeddings, source unguided)
 
 
 def tiny_diffusers_unet_config(unet_config: dict) -> dict:
@@ -114,6 +114,11 @@ class Ours:
         from tav_core.testing.checkpoints import cached_sd15_checkpoint
 
         self.core = pack_core("inflate", "sampling", "tuned", "weights")
+        try:
+            parts = pack_core("attention_edit", "attention_control")
+            self.edit, self.control = parts.attention_edit, parts.attention_control
+        except ImportError:
+            self.edit = self.control = None
         self.checkpoint = cached_sd15_checkpoint(size="tiny")
         with torch.inference_mode():  # as ComfyUI's loader node runs
             base, self.clip, _, _ = comfy.sd.load_checkpoint_guess_config(
@@ -169,6 +174,72 @@ class Ours:
     def comfy_dir() -> Path:
         from tav_core.testing.server import comfyui_dir
         return Path(comfyui_dir())
+
+    # The tiny UNet's cross-attention layers in the order Video-P2P's store lists them (block, the
+    # map's side as a fraction of the latent's): down levels 0 and 1, the mid block, up level 0 (the
+    # coarse one, two transformers) and up level 1.
+    SYNTHETIC_LAYERS = ((("input", 1), 1), (("input", 4), 2), (("middle", 0), 2), (("output", 3), 2),
+                        (("output", 4), 2), (("output", 6), 1), (("output", 7), 1))
+
+    def synthetic_blend_inputs(self, path: Path, spec: dict) -> None:
+        """Given attention maps for a check of local blend with a mask that selects a region.
+
+        On random weights the blend words' maps are nearly flat and every pixel clears LocalBlend's
+        threshold: the end-to-end blend cases run with an all-ones mask. Here q and k are made so
+        that the blend word's maps peak on a blob per frame (elsewhere at another place per layer
+        resolution, so a wrong choice of maps gives another mask). Both sides get the same maps."""
+        frames, heads, d, steps = spec["frames"], 8, 40, spec["steps"]
+        latent = spec["size"] // 8
+        pair = self.edit.tokenize_pair(self.clip, SOURCE, EDITED["replace"])
+        plan = self.edit.plan_edit(self.clip, pair, steps, CROSS, SELF, "replace", (), ("rabbit", "cat"))
+        word = int(plan.blend_tokens[0].nonzero()[0])
+        g = torch.Generator().manual_seed(11)
+        inputs, maps = [], []
+        for step in range(steps):
+            step_inputs, step_maps = [], []
+            for layer, (block, div) in enumerate(self.SYNTHETIC_LAYERS):
+                side = latent // div
+                ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+                centres = torch.rand(frames, 2, generator=torch.Generator().manual_seed(100 * div)) * side
+                blob = torch.exp(-((ys - centres[:, :1, None]) ** 2 + (xs - centres[:, 1:, None]) ** 2)
+                                 / (0.15 * side**2)).reshape(frames, side * side)
+                k = torch.randn(4 * frames, 77, heads * d, generator=g)
+                q = torch.randn(4 * frames, side * side, heads * d, generator=g)
+                rows = blob.repeat(4, 1)[:, :, None]  # every video and CFG half: the same blob per frame
+                q = q + 6.0 * rows * k[:, word:word + 1] / d**0.5 * 4
+                v = torch.randn(4 * frames, 77, heads * d, generator=g)
+                step_inputs.append((q, k, v, block, (side, side)))
+                qh = q.reshape(4 * frames, -1, heads, d).transpose(1, 2)
+                kh = k.reshape(4 * frames, 77, heads, d).transpose(1, 2)
+                attention = torch.softmax(qh @ kh.transpose(-1, -2) * d**-0.5, dim=-1)
+                step_maps.append(attention.reshape(4 * frames * heads, side * side, 77))
+            inputs.append(step_inputs)
+            maps.append(step_maps)
+        x = torch.randn(steps, 2, 4, frames, latent, latent, generator=g)
+        places = {"input": "down", "middle": "mid", "output": "up"}
+        torch.save({"prompts": [SOURCE, EDITED["replace"]], "blend": ["rabbit", "cat"], "cross": CROSS,
+                    "self": SELF, "maps": maps, "places": [places[b[0]] for (b, _) in self.SYNTHETIC_LAYERS],
+                    "x": x}, path)
+        self.synthetic = {"inputs": inputs, "x": x, "plan": plan}
+
+    def synthetic_blend_ours(self, spec: dict) -> dict:
+        """Our controller on the same q, k, v: cross_attention per layer, then end_step per step."""
+        frames, steps = spec["frames"], spec["steps"]
+        sigmas = self.core.sampling.ddim_levels(self.model, steps)
+        control = self.control.AttentionController(self.synthetic["plan"], sigmas, frames,
+                                                   self.edit._default_attention)
+        blended, masks = [], []
+        for step, layers in enumerate(self.synthetic["inputs"]):
+            for q, k, v, block, shape in layers:
+                options = {"sigmas": sigmas[step:step + 1], "n_heads": 8, "block": block, "cond_or_uncond": [1, 0],
+                           "activations_shape": (4 * frames, 320, *shape), "block_index": 0}
+                control.cross_attention(q, k, v, options)
+            x = self.synthetic["x"][step]  # official [2, 4, F, h, w] -> our rows [2F, 4, h, w]
+            rows = x.permute(0, 2, 1, 3, 4).reshape(2 * frames, *x.shape[1:2], *x.shape[3:])
+            out = control.end_step(step, rows)
+            blended.append(out.reshape(2, frames, *out.shape[1:]).permute(0, 2, 1, 3, 4))
+            masks.append(control.last_mask)
+        return {"x": torch.stack(blended), "masks": masks}
 
     def encode(self, text: str):
         with torch.inference_mode():
@@ -248,6 +319,7 @@ def main():
                            "blend": list(c[5]) if c[5] else None, "eq": c[2]} for n, c in CASES.items()]}
         spec["cases"] += [dict(case, name=case["name"] + "_fast", fast=True)
                           for case in spec["cases"] if case["name"] in FAST_CASES]
+        ours.synthetic_blend_inputs(share / "synthetic_blend.pt", spec)
         official = []
         for run in range(args.official_runs):
             spec["out"] = str(share / f"official-{run}.pt")
@@ -315,6 +387,7 @@ def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) ->
     errors = {k: rel(v, x0) for k, v in (("null-text", rec), ("plain", rec_plain), ("fast", rec_fast))}
     rows.append({"what": "reconstruction error ours: null-text / plain", "rel": errors["null-text"] / errors["plain"],
                  "note": json.dumps(errors)})
+    rows.extend(compare_synthetic_blend(ours, ref, spec))
     rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast))
     return rows
 
@@ -343,9 +416,12 @@ def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fa
             # x: the model-space x at level `step` before that step; DDIM's x is x / sqrt(1 + sigma^2).
             trace.append(x.detach().clone() / math.sqrt(1 + float(sigmas[step]) ** 2))
 
+        # Video-P2P's unconditional rows: the null-text embeddings replace the source video's only
+        # (video 0 of the two edit_sample stacks); fast mode samples the source unguided instead.
+        sampled_model = model if fast else null_text.with_null_text(model, null, steps, videos=2, null_videos=(0,))
         t0 = time.perf_counter()
         try:
-            edited, source, run = edit.edit_sample(model, ours.clip, spec["source"], edited_prompt, latent, steps,
+            edited, source, run = edit.edit_sample(sampled_model, ours.clip, spec["source"], edited_prompt, latent, steps,
                                                    spec["cfg"], case["cross"], case["self"], controller, reweight,
                                                    blend, fast=fast, callback=record)
         except Exception as e:  # report the failure and go on with the other cases
@@ -368,10 +444,31 @@ def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fa
             mine = getattr(plan, key, None)
             theirs_t = ref.get(official_key + name)
             if mine is not None and theirs_t is not None:
-                equal = torch.equal(mine.to(theirs_t.dtype).reshape(theirs_t.shape[-mine.ndim:]),
-                                    theirs_t.reshape(theirs_t.shape[-mine.ndim:]))
+                mine, theirs_t = mine.to(theirs_t.dtype).flatten(), theirs_t.flatten()
+                note = ""
+                if key == "refine_mapper":  # an unaligned token (alpha 0) copies nothing: its entry is unused
+                    used = plan.refine_alphas.flatten() > 0
+                    note = f"compared where alpha is 1; unused entries ours {mine[~used].tolist()}, " \
+                           f"official {theirs_t[~used].tolist()}"
+                    mine, theirs_t = mine[used], theirs_t[used]
+                equal = torch.equal(mine, theirs_t)
                 rows.append({"what": f"{name}: {key}", "rel": 0.0 if equal else 1.0,
-                             "note": "equal" if equal else "DIFFERENT"})
+                             "note": ("equal" if equal else "DIFFERENT") + (f" ({note})" if note else "")})
+    return rows
+
+
+def compare_synthetic_blend(ours, ref, spec) -> list[dict]:
+    if "synthetic_blend" not in ref or ours.edit is None:
+        return [{"what": "local blend, given maps", "rel": None, "note": "not run"}]
+    if not hasattr(ours, "synthetic"):
+        ours.synthetic_blend_inputs(Path(spec["folder"]) / "synthetic_blend.pt.check", spec)
+    mine, theirs = ours.synthetic_blend_ours(spec), ref["synthetic_blend"]
+    rows = []
+    for step in range(spec["steps"]):
+        mask = mine["masks"][step]
+        coverage = "no mask yet" if mask is None else f"mask covers {float(mask.float().mean()):.2f} of the pixels"
+        rows.append({"what": f"local blend, given maps: blended x after step {step}",
+                     "rel": rel(mine["x"][step], theirs["x"][step]), "note": coverage})
     return rows
 
 

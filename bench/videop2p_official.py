@@ -132,6 +132,25 @@ def _sample(pipe, prompts, x_t, spec, uncond, controller, fast):
     return torch.stack(steps)  # [steps, batch, 4, frames, h, w]
 
 
+def _synthetic_blend(ns, data, spec):
+    """The official replace controller with LocalBlend, fed given attention maps instead of a UNet's.
+
+    Per step, every layer's map goes through the controller as ca_forward hands it over (the whole
+    CFG batch, [(batch frames heads), pixels, words], uncond half first), in the UNet's order; then
+    step_callback blends the given x_t. Returns the blended x_t per step and the edited maps."""
+    blend = data["blend"]
+    ns["blend_word"] = ((blend[0],), (blend[1],))
+    controller = ns["make_controller"](data["prompts"], True, {"default_": data["cross"]}, data["self"],
+                                       blend_words=blend, equilizer_params=None, mask_th=tuple(spec["mask_th"]))
+    controller.num_att_layers = len(data["places"])
+    blended, edited = [], []
+    for step, layers in enumerate(data["maps"]):
+        for attn, place in zip(layers, data["places"]):
+            edited.append(controller(attn.clone(), True, place))
+        blended.append(controller.step_callback(data["x"][step].clone()))
+    return {"x": torch.stack(blended), "maps": edited}
+
+
 def main():
     spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(spec.get("threads", 1))
@@ -189,6 +208,9 @@ def main():
             out["alphas_" + case["name"]] = base.alphas
         if hasattr(controller, "equalizer"):
             out["equalizer_" + case["name"]] = controller.equalizer
+    synthetic = folder / "synthetic_blend.pt"
+    if synthetic.exists():
+        out["synthetic_blend"] = _synthetic_blend(ns, torch.load(synthetic), spec)
     torch.save(out, spec["out"])
     import diffusers
     import transformers
