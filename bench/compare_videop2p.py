@@ -284,6 +284,8 @@ def main():
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--official-runs", type=int, default=2, help="official repeats (bitwise reproducibility)")
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--ratio-seeds", type=int, default=0,
+                        help="also run the official null-text vs plain reconstruction for this many more latent seeds")
     parser.add_argument("--reuse", type=Path, help="a results/videop2p-* folder: compare ours against its official run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -328,16 +330,62 @@ def main():
     tensors = [torch.load(p) for p in sorted(share.glob("official-*.pt"))]
     reference = tensors[0]
     latent_raw = ours.from_official(reference["latent"])
-    repeat = {k: rel(tensors[-1][k], v) if isinstance(v, torch.Tensor) and v.is_floating_point() else None
-              for k, v in reference.items()}
-    bitwise = {k: bool(torch.equal(tensors[-1][k], v)) for k, v in reference.items()}
+    flat = [_flatten(t) for t in tensors]
+    repeat = {k: rel(flat[-1][k], v) if v.is_floating_point() else None for k, v in flat[0].items()}
+    bitwise = {k: bool(torch.equal(flat[-1][k], v)) for k, v in flat[0].items()}
 
+    ratios = official_ratio_spread(args, spec, share) if args.ratio_seeds else None
     report = {"date": stamp, "machine": machine.capability(), "spec": spec, "official": official,
               "official_repeat_rel": repeat,
-              "official_repeat_bitwise": bitwise, "official_runs": len(tensors)}
+              "official_repeat_bitwise": bitwise, "official_runs": len(tensors),
+              "official_ratio_spread": ratios}
     report["rows"] = compare_ours(ours, reference, latent_raw, spec)
     (RESULTS / f"videop2p-{stamp}.json").write_text(json.dumps(report, indent=1, default=str))
+    (RESULTS / f"videop2p-{stamp}.md").write_text(markdown(report))
     print(json.dumps({"official": official[0], "repeat": repeat, "rows": report["rows"]}, indent=1, default=str))
+
+
+def markdown(report: dict) -> str:
+    spec, official = report["spec"], report["official"][0]
+    lines = [f"# Video-P2P side by side, {report['date']}", "",
+             f"Machine: {machine.describe(report['machine'])}. {spec['frames']} frames at {spec['size']} px, "
+             f"{spec['steps']} steps, {spec['inner_steps']} inner steps, CFG {spec['cfg']}, one thread per side.",
+             f"Official repeated {report['official_runs']}x: bitwise identical: "
+             f"{all(report['official_repeat_bitwise'].values())}.",
+             f"Official reconstruction error (relative to the clip's latent): {json.dumps(official['reconstruction_error'])}; "
+             f"null-text / plain = {official['null_vs_plain']:.3f}.", ""]
+    if report.get("official_ratio_spread"):
+        lines += ["More latents (official): " + ", ".join(f"seed {r['latent_seed']}: {r['null_vs_plain']:.3f}"
+                                                      for r in report["official_ratio_spread"]), ""]
+    lines += ["| quantity | ours vs official (relative) | note |", "|---|---|---|"]
+    for row in report["rows"] or []:
+        value = "—" if row["rel"] is None else f"{row['rel']:.2e}"
+        lines.append(f"| {row['what']} | {value} | {row['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            out[prefix + key] = value
+    return out
+
+
+def official_ratio_spread(args, spec, share: Path) -> list[dict]:
+    """The official reconstruction errors (null-text and plain DDIM inversion) for more clip latents."""
+    out = []
+    for seed in range(4, 4 + args.ratio_seeds):
+        x0 = torch.randn(1, 4, spec["frames"], spec["size"] // 8, spec["size"] // 8,
+                         generator=torch.Generator().manual_seed(seed))
+        torch.save(x0, share / f"latent-{seed}.pt")
+        run = dict(spec, latent=f"latent-{seed}.pt", cases=[], synthetic_blend=False,
+                   out=str(share / f"official-ratio-{seed}.pt"))
+        result = run_official(args, run, f"ratio-{seed}")
+        out.append({"latent_seed": seed, **result["reconstruction_error"], "null_vs_plain": result["null_vs_plain"]})
+    return out
 
 
 def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) -> list[dict]:
@@ -387,6 +435,7 @@ def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) ->
     errors = {k: rel(v, x0) for k, v in (("null-text", rec), ("plain", rec_plain), ("fast", rec_fast))}
     rows.append({"what": "reconstruction error ours: null-text / plain", "rel": errors["null-text"] / errors["plain"],
                  "note": json.dumps(errors)})
+    rows.extend(official_effects(ref))
     rows.extend(compare_synthetic_blend(ours, ref, spec))
     rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast))
     return rows
@@ -457,6 +506,20 @@ def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fa
     return rows
 
 
+def official_effects(ref) -> list[dict]:
+    """How much each control changes the official result: the scale the agreement is to be read against."""
+    final = {k[len("edit_"):]: v[-1] for k, v in ref.items() if k.startswith("edit_")}
+    pairs = (("edited vs source video, replace", final["replace"][1], final["replace"][0]),
+             ("edited vs source video, refine", final["refine"][1], final["refine"][0]),
+             ("refine + reweight vs refine, edited", final["refine_reweight"][1], final["refine"][1]),
+             ("reweight vs source video", final["reweight"][1], final["reweight"][0]),
+             ("replace with vs without local blend, edited", final["replace_blend"][1], final["replace"][1]),
+             ("refine with vs without local blend, edited", final["refine_blend"][1], final["refine"][1]),
+             ("replace, fast vs null-text, edited", final["replace_fast"][1], final["replace"][1]))
+    return [{"what": f"official effect: {what}", "rel": rel(a, b), "note": "official vs official"}
+            for what, a, b in pairs]
+
+
 def compare_synthetic_blend(ours, ref, spec) -> list[dict]:
     if "synthetic_blend" not in ref or ours.edit is None:
         return [{"what": "local blend, given maps", "rel": None, "note": "not run"}]
@@ -467,8 +530,10 @@ def compare_synthetic_blend(ours, ref, spec) -> list[dict]:
     for step in range(spec["steps"]):
         mask = mine["masks"][step]
         coverage = "no mask yet" if mask is None else f"mask covers {float(mask.float().mean()):.2f} of the pixels"
+        moved = rel(theirs["x"][step][1], ours.synthetic["x"][step][1])
         rows.append({"what": f"local blend, given maps: blended x after step {step}",
-                     "rel": rel(mine["x"][step], theirs["x"][step]), "note": coverage})
+                     "rel": rel(mine["x"][step], theirs["x"][step]),
+                     "note": f"{coverage}; the official blend moved the edited x by {moved:.2f} (relative)"})
     return rows
 
 

@@ -137,18 +137,18 @@ def _synthetic_blend(ns, data, spec):
 
     Per step, every layer's map goes through the controller as ca_forward hands it over (the whole
     CFG batch, [(batch frames heads), pixels, words], uncond half first), in the UNet's order; then
-    step_callback blends the given x_t. Returns the blended x_t per step and the edited maps."""
+    step_callback blends the given x_t. Returns the blended x_t per step."""
     blend = data["blend"]
     ns["blend_word"] = ((blend[0],), (blend[1],))
     controller = ns["make_controller"](data["prompts"], True, {"default_": data["cross"]}, data["self"],
                                        blend_words=blend, equilizer_params=None, mask_th=tuple(spec["mask_th"]))
     controller.num_att_layers = len(data["places"])
-    blended, edited = [], []
+    blended = []
     for step, layers in enumerate(data["maps"]):
         for attn, place in zip(layers, data["places"]):
-            edited.append(controller(attn.clone(), True, place))
+            controller(attn.clone(), True, place)
         blended.append(controller.step_callback(data["x"][step].clone()))
-    return {"x": torch.stack(blended), "maps": edited}
+    return {"x": torch.stack(blended)}
 
 
 def main():
@@ -160,7 +160,7 @@ def main():
     import ptp_utils
 
     pipe = _pipeline(spec, folder, unet_class)
-    latent = torch.load(folder / "latent.pt")  # [1, 4, frames, h, w], the UNet's space (x 0.18215)
+    latent = torch.load(folder / spec.get("latent", "latent.pt"))  # [1, 4, frames, h, w], the UNet's space
     names = {"tokenizer": pipe.tokenizer, "device": torch.device("cpu"), "weight_dtype": torch.float32,
              "NUM_DDIM_STEPS": spec["steps"], "GUIDANCE_SCALE": spec["cfg"], "x_t": None,
              "mask_th": tuple(spec["mask_th"]), "blend_word": None,
@@ -209,7 +209,7 @@ def main():
         if hasattr(controller, "equalizer"):
             out["equalizer_" + case["name"]] = controller.equalizer
     synthetic = folder / "synthetic_blend.pt"
-    if synthetic.exists():
+    if spec.get("synthetic_blend", True) and synthetic.exists():
         out["synthetic_blend"] = _synthetic_blend(ns, torch.load(synthetic), spec)
     torch.save(out, spec["out"])
     import diffusers
