@@ -1,9 +1,10 @@
 """Thin V3 node wrappers over tav_core, one module per stage of the pipeline."""
 from comfy_api.latest import ComfyExtension, io
 
-from . import model, sample, score, tune, video, weights
+from . import attention_edit, model, null_text, sample, score, tune, video, weights
 
-ALL_NODES = [*video.NODES, *model.NODES, *tune.NODES, *weights.NODES, *sample.NODES, *score.NODES]
+ALL_NODES = [*video.NODES, *model.NODES, *tune.NODES, *weights.NODES, *sample.NODES, *null_text.NODES,
+             *attention_edit.NODES, *score.NODES]
 
 
 class TuneAVideoExtension(ComfyExtension):

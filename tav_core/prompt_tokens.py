@@ -148,7 +148,8 @@ def align(source: Sequence[Hashable], edited: Sequence[Hashable]) -> list[int]:
 
 def refinement_mapper(source: Prompt, edited: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
     """(mapper [77] long, alphas [77]) for added words: edited position j copies source position mapper[j]
-    where alphas[j] is 1 and keeps its own map where it is 0 (tokens the source lacks).
+    where alphas[j] is 1 and keeps its own map where it is 0 (tokens the source lacks, mapper -1: the
+    column it picks, the last, is weighted 0; -1 as in prompt-to-prompt, so the tables compare equal).
 
     Past the edited prompt's end token, position j copies source position j (the padding).
     """
@@ -156,7 +157,7 @@ def refinement_mapper(source: Prompt, edited: Prompt) -> tuple[torch.Tensor, tor
     mapper = torch.arange(MAX_TOKENS)
     alphas = torch.ones(MAX_TOKENS)
     for j, i in enumerate(aligned):
-        mapper[j] = max(i, 0)  # an unaligned position's column is weighted 0
+        mapper[j] = i
         alphas[j] = float(i >= 0)
     return mapper, alphas
 

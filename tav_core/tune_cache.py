@@ -29,8 +29,9 @@ import torch
 from . import files, fingerprint, inflate, windows
 
 CACHE_FORMAT = 2
-_RESULT_SETTINGS = ("steps", "learning_rate", "seed", "trainable", "precision", "optimizer", "betas",
-                    "weight_decay", "eps", "max_grad_norm")  # gradient checkpointing changes nothing
+# Gradient checkpointing changes nothing; the precision counts as what it resolved to (cache_key).
+_RESULT_SETTINGS = ("steps", "learning_rate", "seed", "trainable", "optimizer", "betas",
+                    "weight_decay", "eps", "max_grad_norm")
 # The modules whose code computes the tuned weights: any change to them is a new algorithm.
 _ALGORITHM_MODULES = ("attention.py", "inflate.py", "tuning.py", "tuned.py", "tune_cache.py", "windows.py")
 _MAX_HEADER = 100 << 20
@@ -79,7 +80,9 @@ def model_fingerprint(patcher) -> str:
     return describer.digest.hexdigest()
 
 
-def cache_key(patcher, positive, latent: dict, settings) -> str:
+def cache_key(patcher, positive, latent: dict, settings, autocast_dtype: torch.dtype | None) -> str:
+    """`autocast_dtype`: the dtype the tune computes in (None: the model's own), which is what the
+    precision setting resolved to on this device: "auto" is bf16 on one CPU and fp32 on the next."""
     describer = fingerprint.Describer(hashlib.blake2b(digest_size=16))
     describer.put(f"tuneavideo-tune-cache-{CACHE_FORMAT} {_algorithm_version()} torch {torch.__version__} "
                   f"device {torch.device(patcher.load_device).type}")
@@ -87,6 +90,7 @@ def cache_key(patcher, positive, latent: dict, settings) -> str:
     describer.value(latent)
     describer.value(positive)
     describer.value({name: getattr(settings, name) for name in _RESULT_SETTINGS})
+    describer.value({"autocast_dtype": autocast_dtype})
     window = windows.effective(settings.window_frames, latent["samples"].shape[0])
     if window:  # only then: a window no shorter than the clip tunes exactly as the whole clip does
         describer.value({"window_frames": window})

@@ -258,7 +258,8 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
         raise TuneError("the model carries core context windows (a Context Windows node before One-Shot Tune); "
                         "tuning windows with its own window_frames input. Move the Context Windows node after "
                         "One-Shot Tune.")
-    key = tune_cache.cache_key(model, positive, latent, settings) if cache_dir else None
+    autocast = _autocast_dtype(settings.precision, torch.device(model.load_device))
+    key = tune_cache.cache_key(model, positive, latent, settings, autocast) if cache_dir else None
     expected = tune_cache.expected_entry(model, trainable_names(model, settings.trainable)) if key else None
     cached = tune_cache.load(cache_dir, key, expected, settings.steps) if key else None
     if cached is not None:
@@ -266,7 +267,7 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
         logging.info("Tune-A-Video: One-Shot Tune found its result in the cache (%s); skipping %d steps.",
                      key, settings.steps)
     else:
-        deltas, losses = _train(model, positive, latents, settings, on_step)
+        deltas, losses = _train(model, positive, latents, settings, autocast, on_step)
         if key:  # a failed write only warns: the finished tune is kept
             tune_cache.store(cache_dir, key, deltas, losses)
     metadata = {"steps": settings.steps, "learning_rate": settings.learning_rate, "seed": settings.seed,
@@ -275,7 +276,7 @@ def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
     return TuneResult(tuned.add_deltas(model, deltas, metadata), losses)
 
 
-def _train(model, positive, latents, settings: TuneSettings, on_step):
+def _train(model, positive, latents, settings: TuneSettings, autocast_dtype, on_step):
     names = trainable_names(model, settings.trainable)
     with torch.inference_mode(False), torch.enable_grad():
         # Fresh (non-inference) copies: autograd saves them.
@@ -288,7 +289,7 @@ def _train(model, positive, latents, settings: TuneSettings, on_step):
         device = training.load_device
         for adapter in adapters.values():
             adapter.to(device)
-        loop = _TrainingLoop(adapters, settings, _autocast_dtype(settings.precision, device), on_step)
+        loop = _TrainingLoop(adapters, settings, autocast_dtype, on_step)
         guider = comfy.samplers.CFGGuider(training)
         guider.set_conds(positive, [])
         guider.set_cfg(1.0)
@@ -347,6 +348,15 @@ def gradient_clone(model):
     for owner in owners:
         owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
     return clone
+
+
+def make_weights_ordinary(patcher) -> None:
+    """`_ordinary_weights` for `patcher` and its additional models (the temporal layers), now.
+
+    ON_LOAD does not fire where ComfyUI finds the same weights already loaded by another clone (a
+    gradient clone adds no weight patches), so a caller that runs backward calls this once loaded."""
+    for owner in (patcher, *patcher.get_nested_additional_models()):
+        _ordinary_weights(owner)
 
 
 def _ordinary_weights(patcher, *_) -> None:

@@ -1,4 +1,5 @@
-"""A real H.264 + AAC mp4 with an audio track, written with PyAV (which ships both codecs)."""
+"""Clips for tests: a real H.264 + AAC mp4 with an audio track, written with PyAV (which ships both
+codecs), and a WebM that Chromium plays."""
 from __future__ import annotations
 
 import math
@@ -40,3 +41,20 @@ def write_clip_with_audio(path, frames=24, size=(96, 64), fps=12, sample_rate=16
         for stream in (video, audio):
             for packet in stream.encode(None):
                 container.mux(packet)
+
+
+def write_webm(source, target):
+    """Re-encode `source` as VP8 WebM, which Chromium plays (OpenCV writes no H.264)."""
+    import cv2
+
+    reader = cv2.VideoCapture(str(source))
+    fps = reader.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while (frame := reader.read()[1]) is not None:
+        frames.append(frame)
+    reader.release()
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()

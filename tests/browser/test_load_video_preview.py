@@ -1,8 +1,7 @@
 """Level 4: Load Video previews the chosen clip and shows its frame count, fps and size."""
 import base64
 
-import cv2
-
+from tav_core.testing.clips import write_webm
 from tav_core.video import probe_clip
 
 SERVER_CLIP = "clip.mp4"  # copied into the server's input folder by tests/conftest.py
@@ -59,21 +58,6 @@ def test_choosing_a_clip_shows_its_preview_and_info(page, server, artifacts_dir,
                            arg=node_id, timeout=10_000)
     shoot_node(node_id, artifacts_dir / "load_video_mp4v.png")
     assert page.our_errors() == []
-
-
-def write_webm(source, target):
-    """Re-encode `source` as VP8 WebM, which Chromium plays (OpenCV writes no H.264)."""
-    reader = cv2.VideoCapture(str(source))
-    fps = reader.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while (frame := reader.read()[1]) is not None:
-        frames.append(frame)
-    reader.release()
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
 
 
 def test_an_uploaded_clip_plays_in_the_preview(page, server, tmp_path, artifacts_dir, shoot_node):

@@ -14,7 +14,7 @@ FETCH_DOCS = """async () => {
 }"""
 
 NODES = {"TAVLoadVideo", "TAVInflateModel", "TAVOneShotTune", "TAVSaveTuned", "TAVLoadTuned",
-         "TAVDDIMInvert", "TAVVideoSample", "TAVCLIPScore"}
+         "TAVDDIMInvert", "TAVVideoSample", "TAVNullTextInvert", "TAVAttentionEditSample", "TAVCLIPScore"}
 
 
 def test_every_node_has_a_help_page(page):

@@ -80,6 +80,23 @@ def test_another_training_window_misses(sd15, core, clip_inputs, tmp_path):
     assert run(core, core.inflate.inflate(sd15[0]), (positive, shifted), tmp_path)[1] == 2
 
 
+def test_the_precision_counts_as_what_it_resolved_to(sd15, core, clip_inputs, tmp_path):
+    # "auto" is bf16 on a CPU with bf16 matrix units and fp32 on one without: an entry tuned on the one
+    # must not serve the other, and "auto" must hit what the precision it resolved to stored.
+    auto = core.tuning._autocast_dtype("auto", torch.device(sd15[0].load_device))
+    resolved = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[auto]
+    model = core.inflate.inflate(sd15[0])
+    ran = []
+    with torch.inference_mode():
+        for precision in (resolved, "auto"):
+            settings = core.tuning.TuneSettings(steps=2, learning_rate=1e-3, precision=precision)
+            core.tuning.tune(model, *clip_inputs, settings, lambda *a: ran.append(precision), str(tmp_path))
+    assert ran == [resolved, resolved]
+    keys = {core.tune_cache.cache_key(model, *clip_inputs, core.tuning.TuneSettings(), dtype)
+            for dtype in (None, torch.bfloat16, torch.float16)}
+    assert len(keys) == 3
+
+
 def test_cache_hits_own_their_memory(sd15, core, clip_inputs, tmp_path):
     """A hit must not stay memory-mapped: truncating the entry afterwards must not matter (was SIGBUS)."""
     model = core.inflate.inflate(sd15[0])

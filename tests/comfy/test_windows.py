@@ -319,7 +319,7 @@ def test_a_windowed_tuning_trains_and_is_keyed_and_recorded_by_its_window(core, 
 
     def key(window):
         return core.tune_cache.cache_key(inflated, prompts["a red car"], {"samples": latents},
-                                         core.tuning.TuneSettings(window_frames=window))
+                                         core.tuning.TuneSettings(window_frames=window), None)
 
     assert key(0) == key(FRAMES) == key(FRAMES + 1)  # the whole clip, however asked for
     assert len({key(0), key(4), key(5)}) == 3

@@ -47,7 +47,7 @@ def test_pickscore_is_shown_when_chosen(server, clip_folder):
 
 
 def test_one_frame_is_a_clear_error(server, clip_folder):
-    from tav_core.testing.server import ExecutionError
+    from tav_core.testing.server import PromptFailed
 
-    with pytest.raises(ExecutionError, match="images has 1 frame"):
+    with pytest.raises(PromptFailed, match="images has 1 frame"):
         server.run(score_prompt(frame_count=1), timeout=300)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tav_core.testing.server import ExecutionError
+from tav_core.testing.server import PromptFailed
 
 # CI time: fault injection into the pack's own files and caches.
 pytestmark = pytest.mark.pinned_comfyui_only
@@ -142,7 +142,7 @@ def test_a_clip_changed_under_the_server_gets_a_clear_error(server, tiny_checkpo
         clip.write_text(f"#EXTM3U\n#EXTINF:10,\n{server.base_dir / 'input' / SERVER_CLIP}\n#EXT-X-ENDLIST\n")
     else:
         clip.unlink()
-    with pytest.raises((ExecutionError, RuntimeError)) as error:
+    with pytest.raises((PromptFailed, RuntimeError)) as error:
         server.run(prompt, timeout=300)
     assert "Load Video (Tune-A-Video)" in str(error.value)
     assert str(server.base_dir) not in str(error.value)

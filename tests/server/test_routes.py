@@ -85,13 +85,13 @@ def test_clip_info_refuses_a_playlist_to_a_file_outside(server, playlist_to_outs
 
 
 def test_load_video_refuses_a_playlist_to_a_file_outside(server, playlist_to_outside):
-    from tav_core.testing.server import ExecutionError
+    from tav_core.testing.server import PromptFailed
 
     playlist, secret = playlist_to_outside
     prompt = {"1": {"class_type": "TAVLoadVideo", "inputs": {
                   "video": playlist.name, "frame_count": 4, "start_frame": 0, "frame_stride": 1, "width": 64,
                   "height": 64, "resize_mode": "center crop"}},
               "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
-    with pytest.raises(ExecutionError, match="not a single video container|not a readable video") as error:
+    with pytest.raises(PromptFailed, match="not a single video container|not a readable video") as error:
         server.run(prompt, timeout=120)
     assert str(secret) not in str(error.value)

@@ -3,7 +3,7 @@ import urllib.request
 
 import pytest
 
-from tav_core.testing.server import ExecutionError
+from tav_core.testing.server import PromptFailed
 
 SERVER_CLIP = "clip.mp4"  # copied into the server's input folder by tests/conftest.py
 
@@ -55,7 +55,7 @@ def test_load_video_through_the_queue(server):
 def test_bad_input_gets_a_clear_error(server, overrides, expected):
     try:
         server.run(load_video_prompt(**overrides), timeout=60)
-    except ExecutionError as e:
+    except PromptFailed as e:
         message = str(e)
     except RuntimeError as e:  # rejected at validation, before execution
         message = str(e)

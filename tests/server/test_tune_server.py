@@ -1,7 +1,7 @@
 """One-Shot Tune through a real server: progress with the loss, interrupts, and recovery."""
 import pytest
 
-from tav_core.testing.server import ExecutionError, PromptRejected
+from tav_core.testing.server import PromptFailed, PromptRejected
 
 SERVER_CLIP = "clip.mp4"
 
@@ -60,7 +60,7 @@ def test_tune_checkpointing_only_the_highest_resolution_blocks(server, tiny_chec
 def test_unknown_checkpoint_blocks_gets_a_clear_error(server, tiny_checkpoint):
     # ComfyUI 0.3.75 does not check V3 combo values when queueing, and the node names the bad input;
     # newer ComfyUIs refuse the prompt with a 400 that names it.
-    with pytest.raises((ExecutionError, PromptRejected)) as error:
+    with pytest.raises((PromptFailed, PromptRejected)) as error:
         server.run(tune_prompt(tiny_checkpoint.name, 2, "every other block"), timeout=300)
     if isinstance(error.value, PromptRejected):
         assert error.value.status == 400

@@ -110,6 +110,10 @@ function attachPreview(node) {
   // cannot decode it), in node.videoContainer when the node has one: a detached one keeps it off the
   // node, so that the clip shows once.
   node.videoContainer = document.createElement("div");
+  // Under Vue nodes (frontend >= 1.27) the upload widget files the clip as the node's output and the
+  // node draws a second, controls-only preview of it unless told that the node shows its own, as the
+  // core nodes with their own previews (Image Crop, Painter) tell it. Older frontends ignore the flag.
+  node.hideOutputImages = true;
 
   // The upload button replaces the combo's callback when the node is built, and calls it after an
   // upload: chaining it here covers both a choice in the list and an upload.
