@@ -465,14 +465,13 @@ def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fa
             # x: the model-space x at level `step` before that step; DDIM's x is x / sqrt(1 + sigma^2).
             trace.append(x.detach().clone() / math.sqrt(1 + float(sigmas[step]) ** 2))
 
-        # Video-P2P's unconditional rows: the null-text embeddings replace the source video's only
-        # (video 0 of the two edit_sample stacks); fast mode samples the source unguided instead.
-        sampled_model = model if fast else null_text.with_null_text(model, null, steps, videos=2, null_videos=(0,))
+        # The latent carries the null text (or the fast-mode entry): edit_sample gives the source
+        # video's uncond rows the per-step embeddings, or samples the source unguided, as Video-P2P.
         t0 = time.perf_counter()
         try:
-            edited, source, run = edit.edit_sample(sampled_model, ours.clip, spec["source"], edited_prompt, latent, steps,
+            edited, source, run = edit.edit_sample(model, ours.clip, spec["source"], edited_prompt, latent, steps,
                                                    spec["cfg"], case["cross"], case["self"], controller, reweight,
-                                                   blend, fast=fast, callback=record)
+                                                   blend, blend_threshold=spec["mask_th"][0], callback=record)
         except Exception as e:  # report the failure and go on with the other cases
             rows.append({"what": f"{name}: edit_sample", "rel": None, "note": f"{type(e).__name__}: {e}"})
             continue
