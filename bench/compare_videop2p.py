@@ -11,11 +11,11 @@ Setup, once (outside this repository; nothing of the official code comes into it
     /work/official/venv/bin/pip install diffusers==0.11.1 'huggingface_hub<0.26' transformers==4.30.2 \
         accelerate==0.20.3 'setuptools<70' einops omegaconf opencv-python-headless ipython
 
-Run (about a minute on 2 CPUs, one thread each side):
+Run (about 8 minutes on this machine, one thread each side; --ratio-seeds adds about 45 s per seed):
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/compare_videop2p.py \
         --official-python /work/official/venv/bin/python \
-        --videop2p /work/official/Video-P2P --showlab /work/official/Tune-A-Video
+        --videop2p /work/official/Video-P2P --showlab /work/official/Tune-A-Video --official-runs 2 --ratio-seeds 4
 
 What it does:
 - Model: the pack's tiny random SD1.5 checkpoint (tav_core.testing.checkpoints, 107M UNet), loaded
@@ -297,7 +297,7 @@ def main():
         share = args.reuse.resolve()
         ours.load(share / "temporal.safetensors")
         spec = json.loads((share / "spec-0.json").read_text())
-        official = [json.loads(p.read_text()) for p in sorted(share.glob("official-*.json"))]
+        official = [json.loads(p.read_text()) for p in sorted(share.glob("official-[0-9]*.json"))]
     else:
         share = RESULTS / f"videop2p-{stamp}"
         share.mkdir()
@@ -327,7 +327,7 @@ def main():
             spec["out"] = str(share / f"official-{run}.pt")
             official.append(run_official(args, spec, str(run)))
             (share / f"official-{run}.json").write_text(json.dumps(official[-1]))
-    tensors = [torch.load(p) for p in sorted(share.glob("official-*.pt"))]
+    tensors = [torch.load(p) for p in sorted(share.glob("official-[0-9]*.pt"))]
     reference = tensors[0]
     latent_raw = ours.from_official(reference["latent"])
     flat = [_flatten(t) for t in tensors]
@@ -352,7 +352,8 @@ def markdown(report: dict) -> str:
              f"{spec['steps']} steps, {spec['inner_steps']} inner steps, CFG {spec['cfg']}, one thread per side.",
              f"Official repeated {report['official_runs']}x: bitwise identical: "
              f"{all(report['official_repeat_bitwise'].values())}.",
-             f"Official reconstruction error (relative to the clip's latent): {json.dumps(official['reconstruction_error'])}; "
+             "Official reconstruction error (relative to the clip's latent): "
+             f"{json.dumps(official['reconstruction_error'])}; "
              f"null-text / plain = {official['null_vs_plain']:.3f}.", ""]
     if report.get("official_ratio_spread"):
         lines += ["More latents (official): " + ", ".join(f"seed {r['latent_seed']}: {r['null_vs_plain']:.3f}"
@@ -437,11 +438,11 @@ def compare_ours(ours: Ours, ref: dict, latent_raw: torch.Tensor, spec: dict) ->
                  "note": json.dumps(errors)})
     rows.extend(official_effects(ref))
     rows.extend(compare_synthetic_blend(ours, ref, spec))
-    rows.extend(compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast))
+    rows.extend(compare_edits(ours, ref, spec, inverted, nt, inverted_fast, nt_fast))
     return rows
 
 
-def compare_edits(ours, ref, spec, positive, negative, inverted, nt, inverted_fast, nt_fast) -> list[dict]:
+def compare_edits(ours, ref, spec, inverted, nt, inverted_fast, nt_fast) -> list[dict]:
     from tav_core.testing.comfy_inprocess import pack_core
 
     try:
