@@ -4,7 +4,8 @@
 - Each trainable tensor gets a trainable copy in float32 (or a low-rank delta), spliced into the
   forward pass by a ComfyUI weight wrapper on a training clone. Checkpoint weights are inference
   tensors, which autograd cannot save for backward: when the training clone loads, an ON_LOAD
-  callback swaps each for an ordinary tensor of the same value (once, instead of a per-forward copy).
+  callback swaps each for an ordinary tensor over the same memory (no copy), and unloading the clone
+  puts the shared model's own tensors back.
 - The loop runs as a ComfyUI sampler, so ComfyUI loads the models, processes the conditioning
   (SDXL's pooled and size conds too) and records the frame count. The model is queried at a
   uniformly drawn training timestep, and the loss is the paper's: MSE between the noise and the
@@ -37,6 +38,7 @@ LORA_PRESET = "paper, LoRA rank 16 (small files)"
 LORA_RANK = 16
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("AdamW", "AdamW 8-bit")
+SWAPS_ATTACHMENT = "tuneavideo.ordinary_weights"
 
 
 class TuneError(ValueError):
@@ -337,8 +339,9 @@ def _training_clone(model, adapters: dict, checkpoint_blocks: str | None):
 def gradient_clone(model):
     """A clone of `model` (and of its temporal layers, if inflated) that autograd can run backward through.
 
-    The weights get no gradients; they become ordinary tensors when the clone loads. One-Shot Tune adds its
-    adapters to it; null-text inversion differentiates through it with respect to a text embedding."""
+    The weights get no gradients; while the clone is loaded they are ordinary tensors (`_ordinary_weights`),
+    until `unload_clone`. One-Shot Tune adds its adapters to it; null-text inversion differentiates through it
+    with respect to a text embedding."""
     clone = model.clone()
     owners = [clone]
     if inflate.is_inflated(model):
@@ -346,7 +349,10 @@ def gradient_clone(model):
         clone.set_additional_models(inflate.KEY, [layers])
         owners.append(layers)
     for owner in owners:
-        owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, _ordinary_weights)
+        swaps = []  # this clone's own record: clones of a patcher share its attachments' objects
+        owner.set_attachments(SWAPS_ATTACHMENT, swaps)
+        owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD,
+                           lambda patcher, *_, swaps=swaps: _ordinary_weights(patcher, swaps))
     return clone
 
 
@@ -356,27 +362,51 @@ def make_weights_ordinary(patcher) -> None:
     ON_LOAD does not fire where ComfyUI finds the same weights already loaded by another clone (a
     gradient clone adds no weight patches), so a caller that runs backward calls this once loaded."""
     for owner in (patcher, *patcher.get_nested_additional_models()):
-        _ordinary_weights(owner)
+        _ordinary_weights(owner, owner.get_attachment(SWAPS_ATTACHMENT))
 
 
-def _ordinary_weights(patcher, *_) -> None:
-    """ON_LOAD: replace inference-tensor parameters by ordinary tensors of the same value.
+def _ordinary_weights(patcher, swaps: list) -> None:
+    """Replace inference-tensor parameters by ordinary tensors over the same memory, recorded in `swaps`.
 
     Loading under ComfyUI's inference mode leaves the weights as inference tensors, and autograd
-    cannot save those for backward. The values do not change, so neither does any model sharing them.
+    cannot save those for backward. An ordinary tensor set on the same storage is saved without a copy
+    of the UNet (a copy would double its memory wherever something else still holds the original), and
+    the shared model's values stay the same. Tensor subclasses (quantised weights) get a copy.
     """
     with torch.inference_mode(False):
         for module in patcher.model.modules():
             for name, param in list(module.named_parameters(recurse=False)):
-                if param.is_inference():
-                    setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))
+                if not param.is_inference():
+                    continue
+                if type(param.data) is torch.Tensor:
+                    view = torch.empty(0, dtype=param.dtype, device=param.device).set_(
+                        param.untyped_storage(), param.storage_offset(), param.size(), param.stride())
+                else:
+                    view = param.clone()
+                ordinary = torch.nn.Parameter(view, requires_grad=False)
+                setattr(module, name, ordinary)
+                swaps.append((module, name, param, ordinary))
+
+
+def _restore_weights(swaps: list) -> None:
+    """Give the shared model its own parameters back where an ordinary stand-in is still in place.
+
+    Where unloading moved the stand-in to the offload device, the moved tensor is the weight now, as
+    ComfyUI would have left the original, and it stays."""
+    for module, name, original, ordinary in swaps:
+        if getattr(module, name, None) is ordinary and ordinary.device == original.device:
+            setattr(module, name, original)
+    swaps.clear()
 
 
 def unload_clone(training) -> None:
     """Unload a gradient or training clone now, so its wrappers and checkpointed views leave the shared model."""
-    targets = {id(training), *(id(m) for m in training.get_nested_additional_models())}
+    owners = (training, *training.get_nested_additional_models())
+    targets = {id(owner) for owner in owners}
     for loaded in list(comfy.model_management.current_loaded_models):
         if loaded.model is not None and id(loaded.model) in targets:
             loaded.model_unload()
             comfy.model_management.current_loaded_models.remove(loaded)
+    for owner in owners:
+        _restore_weights(owner.get_attachment(SWAPS_ATTACHMENT) or [])
     comfy.model_management.soft_empty_cache()

@@ -61,6 +61,30 @@ def test_checkpointing_trains_every_chosen_tensor_and_nothing_else(sd15, core, c
     assert all(torch.equal(before[k], v) for k, v in unet_and_temporal_weights(core, inflated).items())
 
 
+def test_training_borrows_the_shared_weights_without_a_copy_and_gives_them_back(sd15, core, clip_inputs):
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        inflated = core.inflate.inflate(sd15[0], seed=0)
+    modules = {"unet": inflated.model, "temporal": core.inflate.temporal_patcher(inflated).model}
+    own = {(part, k): p for part, module in modules.items() for k, p in module.named_parameters()}
+    assert all(p.is_inference() for p in own.values())
+    during = []
+
+    def on_step(step, steps, loss):
+        during.append({key: p for part, module in modules.items() for key, p in
+                       (((part, k), p) for k, p in module.named_parameters())})
+
+    positive, latent = clip_inputs
+    settings = core.tuning.TuneSettings(steps=2, learning_rate=1e-3, precision="fp32")
+    with torch.inference_mode():
+        core.tuning.tune(inflated, positive, latent, settings, on_step=on_step)
+    assert len(during) == 2
+    # While training: ordinary tensors (autograd saves them) over the shared model's own memory.
+    assert all(not p.is_inference() and p is not own[k] and p.data_ptr() == own[k].data_ptr()
+               for k, p in during[0].items())
+    # Afterwards the shared model holds its own parameters again.
+    assert all(p is own[(part, k)] for part, module in modules.items() for k, p in module.named_parameters())
+
+
 @pytest.mark.parametrize("blocks", ["all blocks", "highest-resolution blocks"])
 def test_checkpointing_gives_the_same_weights_as_plain_backward(sd15, core, clip_inputs, blocks):
     inflated = core.inflate.inflate(sd15[0], seed=0)
