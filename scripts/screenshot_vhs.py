@@ -22,6 +22,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tav_core.testing.clips import write_clip_with_audio  # noqa: E402
+from tav_core.testing.graph_js import GRAPH_HELPERS  # noqa: E402
 from tav_core.testing.server import ComfyServer  # noqa: E402
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,20 +31,13 @@ FRAMES, FPS, STRIDE = 24, 12, 2
 
 BUILD_GRAPH = """([frames, stride]) => {
     app.graph.clear();
-    const video = LiteGraph.createNode("TAVLoadVideo");
-    video.pos = [40, 60];
-    app.graph.add(video);
-    const values = {video: "with-audio.mp4", frame_count: frames, frame_stride: stride, width: 64, height: 64};
-    for (const [name, value] of Object.entries(values)) video.widgets.find(w => w.name === name).value = value;
-    const combine = LiteGraph.createNode("VHS_VideoCombine");
-    combine.pos = [480, 60];
-    app.graph.add(combine);
-    combine.widgets.find(w => w.name === "format").value = "video/h264-mp4";
-    combine.widgets.find(w => w.name === "filename_prefix").value = "vhs-wiring";
-    // Load Video's outputs: IMAGE, frame_count, fps, audio.
-    video.connect(0, combine, combine.findInputSlot("images"));
-    video.connect(2, combine, combine.findInputSlot("frame_rate"));
-    video.connect(3, combine, combine.findInputSlot("audio"));
+    const {add, link} = tavGraph;
+    const video = add("TAVLoadVideo", [40, 60],
+                      {video: "with-audio.mp4", frame_count: frames, frame_stride: stride, width: 64, height: 64});
+    const combine = add("VHS_VideoCombine", [480, 60], {format: "video/h264-mp4", filename_prefix: "vhs-wiring"});
+    link(video, "IMAGE", combine, "images");
+    link(video, "fps", combine, "frame_rate");
+    link(video, "audio", combine, "audio");
     // Below the frontend's own overlays (tab bar, workflow name, Run toolbar).
     app.canvas.ds.offset = [120, 220];
     app.canvas.ds.scale = 1.0;
@@ -81,6 +75,7 @@ def main() -> None:
             server.post("/settings", {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False})
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.add_init_script(GRAPH_HELPERS)  # tavGraph.add / tavGraph.link
             page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(server.url) else r.abort())
             page.goto(server.url)
             page.wait_for_function("() => window.app && app.graph && app.graph.nodes.length > 0"

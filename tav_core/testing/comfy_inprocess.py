@@ -93,3 +93,26 @@ def perturb_temporal_outputs(temporal_layers, seed: int = 1, scale: float = 0.05
         for name, p in temporal_layers.named_parameters():
             if "attn_temp.to_out" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+
+def inflate_with_active_temporal_layers(inflate, model, seed: int = 0):
+    """`model` inflated by the pack's `inflate` module, its temporal layers made to contribute.
+
+    Inflation zeroes their outputs, so a test of the temporal path would see nothing (perturb_temporal_outputs)."""
+    inflated = inflate.inflate(model, seed=seed)
+    perturb_temporal_outputs(inflate.temporal_layers(inflated))
+    return inflated
+
+
+def clip_images(path, frames: int, size: int = 64) -> torch.Tensor:
+    """IMAGE [frames, size, size, 3] of the clip at `path`: every 2nd frame from the first, centre-cropped."""
+    from ..video import read_clip
+
+    images, _ = read_clip(str(path), frames, 0, 2, size, size, "center crop")
+    return torch.from_numpy(images)
+
+
+def encode_prompts(clip, *texts: str) -> dict:
+    """{text: conditioning} as CLIP Text Encode makes it, in inference mode as ComfyUI runs nodes."""
+    with torch.inference_mode():
+        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in texts}

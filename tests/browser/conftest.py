@@ -4,6 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tav_core.testing.graph_js import GRAPH_HELPERS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -29,6 +31,7 @@ def open_editor(browser, server):
     server.post("/settings", {"Comfy.TutorialCompleted": True})
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     page = context.new_page()
+    page.add_init_script(GRAPH_HELPERS)  # tavGraph.add / tavGraph.link
     # The frontend reaches for the Comfy web API; nothing may leave this machine.
     page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.url)
                else route.abort())

@@ -5,17 +5,9 @@ pytestmark = pytest.mark.browser
 
 BUILD_GRAPH = """() => {
     app.graph.clear();
-    const video = LiteGraph.createNode("TAVLoadVideo");
-    video.pos = [60, 120];
-    app.graph.add(video);
-    const values = {video: "clip.mp4", frame_count: 3, width: 64, height: 64};
-    for (const [name, value] of Object.entries(values)) video.widgets.find(w => w.name === name).value = value;
-    const score = LiteGraph.createNode("TAVCLIPScore");
-    score.pos = [460, 120];
-    app.graph.add(score);
-    score.widgets.find(w => w.name === "prompt").value = "a ball is rolling";
-    score.widgets.find(w => w.name === "clip_model").value = "tiny-clip-ui";
-    video.connect(0, score, score.findInputSlot("images"));
+    const video = tavGraph.add("TAVLoadVideo", [60, 120], {video: "clip.mp4", frame_count: 3, width: 64, height: 64});
+    const score = tavGraph.add("TAVCLIPScore", [460, 120], {prompt: "a ball is rolling", clip_model: "tiny-clip-ui"});
+    tavGraph.link(video, "IMAGE", score, "images");
     return score.id;
 }"""
 

@@ -8,10 +8,7 @@ SERVER_CLIP = "clip.mp4"  # copied into the server's input folder by tests/conft
 
 ADD_LOAD_VIDEO = """() => {
     app.graph.clear();
-    const node = LiteGraph.createNode("TAVLoadVideo");
-    node.pos = [320, 220];
-    app.graph.add(node);
-    return node.id;
+    return tavGraph.add("TAVLoadVideo", [320, 220]).id;
 }"""
 
 # The preview's state, once its <video> shows `name` (with `ready`: has its metadata) and the info

@@ -1,39 +1,16 @@
 """Level 4: a tune run queued from the page draws its loss curve live on the One-Shot Tune node."""
 import pytest
 
+from tav_core.testing.graph_js import TUNE_GRAPH
+
 STEPS = 5
 
-# Checkpoint -> Load Video -> VAE Encode, CLIP Text Encode -> One-Shot Tune -> Preview Image (loss curve).
-BUILD_GRAPH = """(ckpt) => {
-    app.graph.clear();
-    const add = (type, pos, values = {}) => {
-        const node = LiteGraph.createNode(type);
-        node.pos = pos;
-        app.graph.add(node);
-        for (const [name, value] of Object.entries(values)) node.widgets.find(w => w.name === name).value = value;
-        return node;
-    };
-    const link = (from, output, to, input) => from.connect(from.findOutputSlot(output), to, to.findInputSlot(input));
-    const linkSlot = (from, slot, to, input) => from.connect(slot, to, to.findInputSlot(input));
-    const checkpoint = add("CheckpointLoaderSimple", [60, 420], {ckpt_name: ckpt});
-    const video = add("TAVLoadVideo", [60, 120], {video: "clip.mp4", frame_count: 4, width: 64, height: 64});
-    const encode = add("VAEEncode", [420, 120]);
-    const prompt = add("CLIPTextEncode", [420, 300], {text: "a man is skiing"});
-    const tune = add("TAVOneShotTune", [900, 120], {steps: %d, learning_rate: 1e-3});
-    const preview = add("PreviewImage", [1280, 120]);
-    link(video, "IMAGE", encode, "pixels");
-    link(checkpoint, "VAE", encode, "vae");
-    link(checkpoint, "CLIP", prompt, "clip");
-    link(checkpoint, "MODEL", tune, "model");
-    link(prompt, "CONDITIONING", tune, "positive");
-    link(encode, "LATENT", tune, "latent");
-    linkSlot(tune, 1, preview, "images"); // loss_curve: the frontend names this output "IMAGE"
-    // Required inputs only: an optional one (Load Video's video_input) may stay open.
+# Required inputs only: an optional one (Load Video's video_input) may stay open.
+UNLINKED_INPUTS = """() => {
     const optional = (n) => Object.keys(n.constructor.nodeData?.input?.optional ?? {});
-    const unlinked = app.graph._nodes.flatMap(n => n.inputs.filter(i => !i.widget && i.link == null
+    return app.graph._nodes.flatMap(n => n.inputs.filter(i => !i.widget && i.link == null
         && !optional(n).includes(i.name)).map(i => `${n.type}.${i.name}`));
-    return {id: tune.id, unlinked};
-}""" % STEPS
+}"""
 
 # What the curve widget shows: its caption and how many canvas pixels are drawn.
 CURVE_STATE = """(id) => {
@@ -49,9 +26,9 @@ CURVE_STATE = """(id) => {
 
 def test_a_tune_run_draws_the_loss_curve(page, server, artifacts_dir, shoot_node):
     ckpt = server.get("/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0][0]
-    built = page.evaluate(BUILD_GRAPH, ckpt)
-    assert built["unlinked"] == []
-    tune_id = built["id"]
+    page.evaluate("() => app.graph.clear()")
+    tune_id = page.evaluate(TUNE_GRAPH, [ckpt, STEPS, 4])
+    assert page.evaluate(UNLINKED_INPUTS) == []
     before = page.evaluate(CURVE_STATE, tune_id)
     assert before["width"] > 0 and before["drawn"] == 0  # blank until a run starts
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from tav_core.testing.clips import write_webm
+from tav_core.testing.graph_js import TUNE_GRAPH
 from tav_core.testing.server import ComfyServer
 from tav_core.video import probe_clip
 
@@ -78,12 +79,7 @@ def new_workflow(page):
 
 def add_node(page, node_type, pos):
     """Adds a node and waits for its Vue element; returns (node id, its element)."""
-    node_id = page.evaluate("""([type, pos]) => {
-        const node = LiteGraph.createNode(type);
-        node.pos = pos;
-        app.graph.add(node);
-        return node.id;
-    }""", [node_type, pos])
+    node_id = page.evaluate("([type, pos]) => tavGraph.add(type, pos).id", [node_type, pos])
     element = page.locator(f'[data-node-id="{node_id}"]')
     element.wait_for(state="visible")
     return node_id, element
@@ -118,12 +114,7 @@ def test_classic_nodes_show_one_clip_preview(newest_page, newest_server, editor,
     """Before Vue nodes are switched on: the preview over the canvas node, once, with the clip's info."""
     page = newest_page
     new_workflow(page)
-    node_id = page.evaluate("""() => {
-        const node = LiteGraph.createNode("TAVLoadVideo");
-        node.pos = [320, 220];
-        app.graph.add(node);
-        return node.id;
-    }""")
+    node_id = page.evaluate("() => tavGraph.add('TAVLoadVideo', [320, 220]).id")
     assert page.locator(f'[data-node-id="{node_id}"]').count() == 0  # drawn on the canvas
     webm = tmp_path / "clip-classic.webm"
     write_webm(newest_server.base_dir / "input" / SERVER_CLIP, webm)
@@ -165,38 +156,12 @@ def test_vue_nodes_render_the_clip_preview(vue_page, newest_server, tmp_path, ar
     assert page.our_errors() == []
 
 
-BUILD_TUNE_GRAPH = """([ckpt, steps]) => {
-    const add = (type, pos, values = {}) => {
-        const node = LiteGraph.createNode(type);
-        node.pos = pos;
-        app.graph.add(node);
-        for (const [name, value] of Object.entries(values)) node.widgets.find(w => w.name === name).value = value;
-        return node;
-    };
-    const link = (from, output, to, input) => from.connect(from.findOutputSlot(output), to, to.findInputSlot(input));
-    const checkpoint = add("CheckpointLoaderSimple", [60, 660], {ckpt_name: ckpt});
-    const video = add("TAVLoadVideo", [60, 200], {video: "clip.mp4", frame_count: 2, width: 64, height: 64});
-    const encode = add("VAEEncode", [440, 200]);
-    const prompt = add("CLIPTextEncode", [440, 380], {text: "a man is skiing"});
-    const tune = add("TAVOneShotTune", [820, 200], {steps, learning_rate: 1e-3});
-    const preview = add("PreviewImage", [1200, 200]);
-    link(video, "IMAGE", encode, "pixels");
-    link(checkpoint, "VAE", encode, "vae");
-    link(checkpoint, "CLIP", prompt, "clip");
-    link(checkpoint, "MODEL", tune, "model");
-    link(prompt, "CONDITIONING", tune, "positive");
-    link(encode, "LATENT", tune, "latent");
-    tune.connect(1, preview, preview.findInputSlot("images"));  // loss_curve
-    return tune.id;
-}"""
-
-
 def test_vue_nodes_draw_the_live_loss_curve(vue_page, newest_server, tmp_path, artifacts_dir):
     page = vue_page
     ckpt = newest_server.get("/object_info/CheckpointLoaderSimple")["CheckpointLoaderSimple"]["input"][
         "required"]["ckpt_name"][0][0]
     new_workflow(page)
-    tune_id = page.evaluate(BUILD_TUNE_GRAPH, [ckpt, STEPS])
+    tune_id = page.evaluate(TUNE_GRAPH, [ckpt, STEPS, 2])
     element = page.locator(f'[data-node-id="{tune_id}"]')
     element.wait_for(state="visible")
     assert widget_inside_node(page, tune_id, "tav_loss_curve")

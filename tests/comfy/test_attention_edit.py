@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
+from tav_core.testing.comfy_inprocess import inflate_with_active_temporal_layers
 
 FRAMES = 2
 STEPS = 3
@@ -36,9 +36,7 @@ def edit_core(pack):
 
 @pytest.fixture(scope="module")
 def inflated(sd15, edit_core):
-    model = edit_core.inflate.inflate(sd15[0], seed=0)
-    perturb_temporal_outputs(edit_core.inflate.temporal_layers(model))  # they start at zero: make them contribute
-    return model
+    return inflate_with_active_temporal_layers(edit_core.inflate, sd15[0])
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts
+
 FRAMES = 4
 STEPS = 2
 TUNE_PREFIX = r"^One-Shot Tune \(Tune-A-Video\): "
@@ -18,11 +20,9 @@ def inputs(sd15, core, synthetic_clip):
     """(inflated MODEL, clip LATENT, source prompt, empty prompt)."""
     model, clip, vae = sd15
     with torch.inference_mode():
-        images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
-        latent = {"samples": vae.encode(torch.from_numpy(images))}
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a ball is rolling"))
-        empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))
-    return core.inflate.inflate(model), latent, positive, empty
+        latent = {"samples": vae.encode(clip_images(synthetic_clip, FRAMES))}
+    prompts = encode_prompts(clip, "a ball is rolling", "")
+    return core.inflate.inflate(model), latent, prompts["a ball is rolling"], prompts[""]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import pack_core, perturb_temporal_outputs
+from tav_core.testing.comfy_inprocess import (clip_images, encode_prompts, inflate_with_active_temporal_layers,
+                                              pack_core)
 
 FRAMES = 4
 UNET_FRAMES = 2  # the tests that run the real (tiny) UNet backward use fewer frames: they cost per frame
@@ -31,10 +32,9 @@ def nt(pack):
 
 
 @pytest.fixture(scope="module")
-def clip_latents(sd15, core, synthetic_clip):
-    images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
+def clip_latents(sd15, synthetic_clip):
     with torch.inference_mode():  # as ComfyUI runs nodes
-        return sd15[2].encode(torch.from_numpy(images))  # raw VAE latents [F, 4, 8, 8]
+        return sd15[2].encode(clip_images(synthetic_clip, FRAMES))  # raw VAE latents [F, 4, 8, 8]
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +44,12 @@ def short_clip(clip_latents):
 
 @pytest.fixture(scope="module")
 def prompts(sd15):
-    clip = sd15[1]
-    with torch.inference_mode():
-        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", SOURCE)}
+    return encode_prompts(sd15[1], "", SOURCE)
 
 
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
-    model = core.inflate.inflate(sd15[0], seed=0)
-    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
-    return model
+    return inflate_with_active_temporal_layers(core.inflate, sd15[0])
 
 
 def text_model(model, seed=0):
@@ -369,18 +365,18 @@ def test_node_output_feeds_video_sample_and_bad_entries_get_clear_errors(core, n
                            window_overlap=1)
 
 
-def test_controlnet_in_the_conditioning_works(nt, inflated, short_clip, prompts, core, synthetic_clip):
+def test_controlnet_in_the_conditioning_works(nt, inflated, short_clip, prompts, synthetic_clip):
     import comfy.controlnet
     import nodes
 
     from tav_core.testing.checkpoints import cached_sd15_controlnet
 
-    images, _ = core.video.read_clip(str(synthetic_clip), UNET_FRAMES, 0, 2, 64, 64, "center crop")
+    images = clip_images(synthetic_clip, UNET_FRAMES)
     control = comfy.controlnet.load_controlnet(str(cached_sd15_controlnet()))
     apply = nodes.NODE_CLASS_MAPPINGS["ControlNetApplyAdvanced"]()
     with torch.inference_mode():
         positive, negative = apply.apply_controlnet(prompts[SOURCE], prompts[""], control,
-                                                    torch.from_numpy(images), 1.0, 0.0, 1.0)
+                                                    images, 1.0, 0.0, 1.0)
         # ControlNet adds to the UNet's skip tensors in place, which autograd would refuse (_separate_skip).
         _, controlled = nt.null_text_invert(inflated, short_clip, positive, negative, 1, CFG, 1, 1e-5)
         _, plain = nt.null_text_invert(inflated, short_clip, prompts[SOURCE], prompts[""], 1, CFG, 1, 1e-5)

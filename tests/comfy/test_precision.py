@@ -10,6 +10,8 @@ constant that the server test's tolerance rests on.
 import pytest
 import torch
 
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts
+
 FRAMES = 4
 PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
 STORAGES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
@@ -36,13 +38,12 @@ def unets(comfy_nodes, tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def clip_inputs(sd15, core, synthetic_clip):
+def clip_inputs(sd15, synthetic_clip):
     _, clip, vae = sd15
     with torch.inference_mode():
-        images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
-        latents = vae.encode(torch.from_numpy(images))
-        encode = lambda text: clip.encode_from_tokens_scheduled(clip.tokenize(text))  # noqa: E731
-        return {"latents": latents, "positive": encode("a ball is rolling"), "empty": encode("")}
+        latents = vae.encode(clip_images(synthetic_clip, FRAMES))
+    prompts = encode_prompts(clip, "a ball is rolling", "")
+    return {"latents": latents, "positive": prompts["a ball is rolling"], "empty": prompts[""]}
 
 
 def unet_forward(core, model, positive, inflated: bool) -> torch.Tensor:

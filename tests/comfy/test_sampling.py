@@ -7,7 +7,8 @@ directly at integer timesteps and classifier-free guidance done by hand, as the 
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import perturb_temporal_outputs, with_v_prediction
+from tav_core.testing.comfy_inprocess import (clip_images, encode_prompts, inflate_with_active_temporal_layers,
+                                              with_v_prediction)
 
 FRAMES = 4
 STEPS = 5
@@ -21,9 +22,8 @@ def relative_error(got, expected):
 
 
 @pytest.fixture(scope="module")
-def frames(core, synthetic_clip):
-    images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
-    return torch.from_numpy(images)
+def frames(synthetic_clip):
+    return clip_images(synthetic_clip, FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +34,12 @@ def clip_latents(sd15, frames):
 
 @pytest.fixture(scope="module")
 def prompts(sd15):
-    clip = sd15[1]
-    with torch.inference_mode():
-        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car on a road")}
+    return encode_prompts(sd15[1], "", "a red car on a road")
 
 
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
-    model = core.inflate.inflate(sd15[0], seed=0)
-    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
-    return model
+    return inflate_with_active_temporal_layers(core.inflate, sd15[0])
 
 
 class NaiveReference:

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from tav_core.testing import sd2_sdxl
-from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts, inflate_with_active_temporal_layers
 
 FRAMES = 4
 STEPS = 3
@@ -58,9 +58,7 @@ def loaded(comfy_nodes, checkpoint):
 
 @pytest.fixture(scope="module")
 def prompts(loaded):
-    clip = loaded[1]
-    with torch.inference_mode():
-        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car on a road")}
+    return encode_prompts(loaded[1], "", "a red car on a road")
 
 
 def test_detected_with_its_prediction_and_unet(arch, loaded, checkpoint):
@@ -116,17 +114,14 @@ def test_text_encoders_give_context_and_pooled_output(arch, loaded):
 
 
 @pytest.fixture(scope="module")
-def clip_latents(core, loaded, synthetic_clip):
-    images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
+def clip_latents(loaded, synthetic_clip):
     with torch.inference_mode():
-        return loaded[2].encode(torch.from_numpy(images))
+        return loaded[2].encode(clip_images(synthetic_clip, FRAMES))
 
 
 @pytest.fixture(scope="module")
 def inflated(core, loaded):
-    model = core.inflate.inflate(loaded[0], seed=0)
-    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
-    return model
+    return inflate_with_active_temporal_layers(core.inflate, loaded[0])
 
 
 class Reference:

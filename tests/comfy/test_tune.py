@@ -3,21 +3,19 @@ import numpy as np
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import with_v_prediction
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts, with_v_prediction
 
 FRAMES = 4
 PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
 
 
 @pytest.fixture(scope="module")
-def clip_inputs(sd15, core, real_clip):
+def clip_inputs(sd15, real_clip):
     """(source-prompt conditioning, LATENT) of 4 frames of man-skiing at 64x64."""
     _, clip, vae = sd15
     with torch.inference_mode():
-        images, _ = core.video.read_clip(str(real_clip), FRAMES, 0, 2, 64, 64, "center crop")
-        latents = vae.encode(torch.from_numpy(images))
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a man is skiing"))
-    return positive, {"samples": latents}
+        latents = vae.encode(clip_images(real_clip, FRAMES))
+    return encode_prompts(clip, "a man is skiing")["a man is skiing"], {"samples": latents}
 
 
 def tune(core, model, clip_inputs, **overrides):

@@ -8,19 +8,17 @@ import pytest
 import safetensors.torch
 import torch
 
-from tav_core.testing.comfy_inprocess import with_v_prediction
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts, with_v_prediction
 
 FRAMES = 4
 
 
 @pytest.fixture(scope="module")
-def clip_inputs(sd15, core, synthetic_clip):
+def clip_inputs(sd15, synthetic_clip):
     _, clip, vae = sd15
     with torch.inference_mode():
-        images, _ = core.video.read_clip(str(synthetic_clip), FRAMES, 0, 2, 64, 64, "center crop")
-        latents = vae.encode(torch.from_numpy(images))
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a ball is rolling"))
-    return positive, {"samples": latents}
+        latents = vae.encode(clip_images(synthetic_clip, FRAMES))
+    return encode_prompts(clip, "a ball is rolling")["a ball is rolling"], {"samples": latents}
 
 
 def run(core, model, clip_inputs, cache_dir, steps=2):

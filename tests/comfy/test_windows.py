@@ -6,7 +6,7 @@ plainly with a per-frame attention patch of its own, and a frame-wise function m
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import perturb_temporal_outputs
+from tav_core.testing.comfy_inprocess import encode_prompts, inflate_with_active_temporal_layers
 
 FRAMES = 10
 WINDOW = 4
@@ -29,16 +29,12 @@ def latents(sd15, core):
 
 @pytest.fixture(scope="module")
 def prompts(sd15):
-    clip = sd15[1]
-    with torch.inference_mode():
-        return {text: clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in ("", "a red car")}
+    return encode_prompts(sd15[1], "", "a red car")
 
 
 @pytest.fixture(scope="module")
 def inflated(sd15, core):
-    model = core.inflate.inflate(sd15[0], seed=0)
-    perturb_temporal_outputs(core.inflate.temporal_layers(model))  # they start at zero: make them contribute
-    return model
+    return inflate_with_active_temporal_layers(core.inflate, sd15[0])
 
 
 def invert_sample(core, model, latents, prompts, steps=STEPS):
