@@ -6,7 +6,8 @@ diffusers 0.11.1, transformers, accelerate, decord, omegaconf, einops), then:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/compare_official.py \
         --official /path/to/Tune-A-Video --python /path/to/its/venv/bin/python
 
-Equal work: random weights in the SD1.5 architecture, the same frames and size, fp32, batch 1.
+Equal work: random weights in the SD1.5 architecture, the same frames and size, fp32, batch 1; the
+bf16 rows put ours under bf16 autocast against the official fp32 (issue 11's targets).
 Each job is a fresh process (ours: bench/worker.py; official: bench/official.py run from the
 checkout), and the implementations alternate (forward, then reversed order, over rounds) so that the
 load of a shared machine falls on all of them. Ours runs twice: with ComfyUI's default attention
@@ -36,9 +37,13 @@ JOBS = (
     ("tune_gc_on", {"task": "tune", "gc": True}),
     ("tune_gc_off", {"task": "tune", "gc": False}),
     ("tune_gc_highest", {"task": "tune", "gc": "highest"}),  # ours only: the official code has no such mode
-    ("sample", {"task": "sample", "naive": False, "bf16": False}),
+    # Ours only: bf16 autocast (One-Shot Tune's precision "bf16"), against the official code's fp32.
+    ("tune_bf16_gc_on", {"task": "tune", "gc": True, "precision": "bf16"}),
+    ("tune_bf16_gc_off", {"task": "tune", "gc": False, "precision": "bf16"}),
+    # The official worker samples in fp32 only; ours also samples under bf16 autocast in the same job.
+    ("sample", {"task": "sample", "naive": False, "bf16": True}),
 )
-OURS_ONLY = {"tune_gc_highest"}
+OURS_ONLY = {"tune_gc_highest", "tune_bf16_gc_on", "tune_bf16_gc_off"}
 
 
 def job_median(results: list[dict], *path) -> float | None:
@@ -78,7 +83,13 @@ def summarise(runs: dict, ours_key: str) -> list[dict]:
             "tune_gc_on", mb, "tune_gc_off", mb, 1.0),
         row("tune peak MB, ours GC highest-resolution blocks vs official GC off", "tune_gc_highest", mb,
             "tune_gc_off", mb, 1.0),
+        row("bf16 tune s/step, every chosen tensor trained (ours bf16 autocast GC on vs official fp32 GC off)",
+            "tune_bf16_gc_on", s, "tune_gc_off", s, 0.5),
+        row("bf16 tune s/step, GC off (ours bf16 autocast vs official fp32)", "tune_bf16_gc_off", s, "tune_gc_off", s,
+            0.5),
         row("CFG sample s/step", "sample", ("cfg_fp32", "median_s"), "sample", ("cfg_fp32", "median_s"), 1.0),
+        row("bf16 CFG sample s/step (ours bf16 autocast vs official fp32)", "sample", ("cfg_bf16", "median_s"),
+            "sample", ("cfg_fp32", "median_s"), 0.5),
         row("CFG sample peak MB", "sample", ("cfg_fp32", "peak_mb"), "sample", ("cfg_fp32", "peak_mb"), 1.0),
         row("DDIM invert s/step", "sample", ("invert", "median_s"), "sample", ("invert", "median_s"), None),
     ]
@@ -86,7 +97,8 @@ def summarise(runs: dict, ours_key: str) -> list[dict]:
 
 def markdown(meta: dict, summaries: dict, runs: dict) -> str:
     lines = [f"# Ours vs official Tune-A-Video, {meta['timestamp']}", "",
-             f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 on {meta['device']} "
+             f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 (bf16 rows: ours under bf16 autocast) on "
+             f"{meta['device']} "
              f"({machine.describe(meta['machine'])}), random SD1.5 "
              f"weights, batch 1; {meta['steps']} timed steps after 1 warm-up per job, {meta['rounds']} rounds "
              f"alternating the order; medians over rounds of per-job medians. Load average "
@@ -111,7 +123,8 @@ def markdown(meta: dict, summaries: dict, runs: dict) -> str:
                 if "error" in r:
                     parts.append(f"ERROR {r['error'][:120]}")
                 elif key == "sample":
-                    parts.append(f"{fmt(r['cfg_fp32']['median_s'])} s / invert {fmt(r['invert']['median_s'])} s "
+                    bf16 = f" / bf16 {fmt(r['cfg_bf16']['median_s'])} s" if "cfg_bf16" in r else ""
+                    parts.append(f"{fmt(r['cfg_fp32']['median_s'])} s{bf16} / invert {fmt(r['invert']['median_s'])} s "
                                  f"(load {r['load_avg_before']:.1f})")
                 else:
                     parts.append(f"{fmt(r['median_s'])} s, {fmt(r['peak_mb'], 0)} MB (load {r['load_avg_before']:.1f})")
@@ -129,7 +142,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default=None,
-                        help="comma-separated job keys (tune_gc_on,tune_gc_off,tune_gc_highest,sample)")
+                        help="comma-separated job keys (" + ",".join(k for k, _ in JOBS) + ")")
     parser.add_argument("--ours", default=",".join(OURS), help="comma-separated variants of ours to run")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)

@@ -59,6 +59,11 @@ def pretrained_folder(root: Path, tokenizer_dir: Path) -> Path:
     torch.manual_seed(0)
     tmp = folder.with_suffix(".tmp")
     UNet2DConditionModel(**UNET_CONFIG).save_pretrained(tmp / "unet")
+    # As SD1.5's own unet/config.json: no mid_block_type, which the official from_pretrained_2d keeps as it
+    # finds it, and a 2D name there is unknown to its UNet3DConditionModel.
+    unet_config = json.loads((tmp / "unet" / "config.json").read_text())
+    unet_config.pop("mid_block_type", None)
+    (tmp / "unet" / "config.json").write_text(json.dumps(unet_config, indent=2))
     AutoencoderKL(**VAE_CONFIG).save_pretrained(tmp / "vae")
     CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
                                  num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,

@@ -15,8 +15,10 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -131,11 +133,50 @@ class LowRankDelta(torch.nn.Module):
         return (self.up @ self.down).detach()
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """AMX (Sapphire Rapids and later): there bf16 matmuls and convolutions run several times faster
-    than fp32. torch's own runtime check, which also asks the kernel for the AMX tile state."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())
+# bf16 autocast must beat fp32 on the probe's kernels by this factor to be "auto"'s choice on a CPU: a tune
+# step also pays autocast's weight casts (a quarter of an AMX bf16 step), which the kernels do not show.
+BF16_SPEEDUP_NEEDED = 1.5
+
+
+def bf16_kernel_speedup() -> float:
+    """fp32 time / bf16 time of a 3x3 convolution and a matmul at SD1.5's first block width (best of 3).
+
+    About 0.1 to 0.3 s on 2 CPU cores, warm-up included (oneDNN builds its kernels on the first call)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 1024, 1024, generator=generator)
+    x = torch.randn(2, 320, 32, 32, generator=generator)
+    w = torch.randn(320, 320, 3, 3, generator=generator)
+
+    def best_seconds(dtype) -> float:
+        args = [t.to(dtype) for t in (a, b, x, w)]
+
+        def run():
+            args[0] @ args[1]
+            torch.nn.functional.conv2d(args[2], args[3], padding=1)
+
+        run()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        return best_seconds(torch.float32) / best_seconds(torch.bfloat16)
+
+
+@functools.cache
+def cpu_bf16_pays() -> bool:
+    """Whether this CPU runs bf16 clearly faster than fp32, measured once per process.
+
+    Its flags do not tell: AMX runs bf16 several times faster, and so did an AMD EPYC with AVX512-BF16
+    and no AMX (a 2048² matmul at 781 against 180 GFLOP/s), while a Xeon with AVX512-BF16 and no AMX ran
+    bf16 at half its fp32 rate (bench/NOTES.md)."""
+    speedup = bf16_kernel_speedup()
+    logging.info("Tune-A-Video: bf16 runs this CPU's UNet kernels %.2fx as fast as fp32; precision auto "
+                 "tunes in %s.", speedup, "bf16" if speedup >= BF16_SPEEDUP_NEEDED else "fp32")
+    return speedup >= BF16_SPEEDUP_NEEDED
 
 
 def _autocast_dtype(precision: str, device: torch.device):
@@ -144,9 +185,9 @@ def _autocast_dtype(precision: str, device: torch.device):
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        # Measured (bench/NOTES.md): a bf16 tune step takes 0.52x the fp32 one on an AMX CPU. Without
-        # bf16 units bf16 runs slower than fp32, and fp32 is exact.
-        if device.type == "cpu" and cpu_has_bf16_matrix_units():
+        # Measured (bench/NOTES.md): a bf16 tune step takes 0.52-0.55x the fp32 one where bf16 kernels
+        # are fast; where they are not, bf16 runs slower than fp32, and fp32 is exact.
+        if device.type == "cpu" and cpu_bf16_pays():
             return torch.bfloat16
         return None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -228,3 +228,33 @@ def test_the_loss_is_the_papers_objective(sd15, core, clip_inputs, v_pred):
 def test_unknown_choices_are_refused(core, setting):
     with pytest.raises(core.tuning.TuneError, match=f"unknown {setting} 'nonsense'"):
         core.tuning.TuneSettings(**{setting: "nonsense"})
+
+
+@pytest.mark.parametrize("speedup, expected", [(3.0, torch.bfloat16), (1.6, torch.bfloat16), (1.4, None),
+                                               (0.5, None)])
+def test_auto_precision_on_a_cpu_follows_its_measured_bf16_speed(core, monkeypatch, speedup, expected):
+    # The rule, on given measurements: bf16 autocast where the CPU's bf16 kernels run at least 1.5x as fast.
+    tuning = core.tuning
+    monkeypatch.setattr(tuning, "bf16_kernel_speedup", lambda: speedup)
+    tuning.cpu_bf16_pays.cache_clear()
+    try:
+        assert tuning._autocast_dtype("auto", torch.device("cpu")) == expected
+        assert tuning._autocast_dtype("fp32", torch.device("cpu")) is None
+        assert tuning._autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    finally:
+        tuning.cpu_bf16_pays.cache_clear()  # the next caller measures this CPU
+
+
+def test_the_bf16_probe_measures_this_cpu_once(core, monkeypatch):
+    tuning = core.tuning
+    speedup = tuning.bf16_kernel_speedup()
+    assert 0.05 < speedup < 100  # a ratio of two real timings
+    calls = []
+    monkeypatch.setattr(tuning, "bf16_kernel_speedup", lambda: calls.append(1) or speedup)
+    tuning.cpu_bf16_pays.cache_clear()
+    try:
+        for _ in range(3):
+            tuning._autocast_dtype("auto", torch.device("cpu"))
+        assert calls == [1]
+    finally:
+        tuning.cpu_bf16_pays.cache_clear()
