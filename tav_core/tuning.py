@@ -41,6 +41,7 @@ LORA_RANK = 16
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("AdamW", "AdamW 8-bit")
 SWAPS_ATTACHMENT = "tuneavideo.ordinary_weights"
+LOAD_WITHOUT_GRAD_KEY = "tuneavideo.load_without_grad"
 
 
 class TuneError(ValueError):
@@ -389,12 +390,23 @@ def gradient_clone(model):
         layers = inflate.temporal_patcher(model).clone()
         clone.set_additional_models(inflate.KEY, [layers])
         owners.append(layers)
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, LOAD_WITHOUT_GRAD_KEY,
+                               _load_without_grad)
     for owner in owners:
         swaps = []  # this clone's own record: clones of a patcher share its attachments' objects
         owner.set_attachments(SWAPS_ATTACHMENT, swaps)
         owner.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD,
                            lambda patcher, *_, swaps=swaps: _ordinary_weights(patcher, swaps))
     return clone
+
+
+def _load_without_grad(executor, *args, **kwargs):
+    """PREPARE_SAMPLING wrapper: the sampler loads the gradient clone with autograd off.
+
+    Loading computes weight patches (a LoRA, tuned deltas, fp8 stochastic rounding), and their in-place
+    and out= operations refuse weights that require grad; none of it is to be differentiated."""
+    with torch.no_grad():
+        return executor(*args, **kwargs)
 
 
 def make_weights_ordinary(patcher) -> None:

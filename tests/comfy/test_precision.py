@@ -241,3 +241,22 @@ def test_core_model_compute_dtype_runs_the_inflated_model_in_bf16(core, unets, c
     assert seen and set(seen) == {torch.bfloat16}
     print(f"bf16 compute: relative error {ours:.2e}, ComfyUI's UNet {base:.2e}")
     assert ours <= 1.5 * base
+
+
+@pytest.mark.parametrize("storage", ["fp8_e4m3fn", "bf16"])
+def test_backward_runs_on_a_weight_patched_model_in_half_storage(core, unets, clip_inputs, storage):
+    """Tuning and null-text inversion load their gradient clone under autograd: weight patches (here tuned
+    deltas; a LoRA alike) must be applied without it, or fp8 stochastic rounding's out= ops refuse them."""
+    from tav_core.testing.comfy_inprocess import pack_core
+
+    null_text = pack_core("null_text").null_text
+    inflated = core.inflate.inflate(unets[storage], seed=0)
+    latent = {"samples": clip_inputs["latents"][:2]}
+    settings = core.tuning.TuneSettings(steps=1, learning_rate=1e-3, precision="fp32")
+    with torch.inference_mode():
+        tuned = core.tuning.tune(inflated, clip_inputs["positive"], latent, settings).model
+        retuned = core.tuning.tune(tuned, clip_inputs["positive"], latent, settings)  # loads the patched UNet
+        _, result = null_text.null_text_invert(tuned, latent["samples"], clip_inputs["positive"],
+                                               clip_inputs["empty"], 1, 7.5, 1, 0.0)
+    assert all(torch.isfinite(torch.tensor(retuned.losses)))
+    assert torch.isfinite(result.uncond).all()
