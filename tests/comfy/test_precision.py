@@ -243,13 +243,29 @@ def test_core_model_compute_dtype_runs_the_inflated_model_in_bf16(core, unets, c
     assert ours <= 1.5 * base
 
 
+@pytest.mark.parametrize("loading", ["full", "partial"])
 @pytest.mark.parametrize("storage", ["fp8_e4m3fn", "bf16"])
-def test_backward_runs_on_a_weight_patched_model_in_half_storage(core, unets, clip_inputs, storage):
+def test_backward_runs_on_a_weight_patched_model_in_half_storage(core, unets, clip_inputs, storage, loading,
+                                                                 request, monkeypatch):
     """Tuning and null-text inversion load their gradient clone under autograd: weight patches (here tuned
-    deltas; a LoRA alike) must be applied without it, or fp8 stochastic rounding's out= ops refuse them."""
+    deltas; a LoRA alike) must be applied without it, or fp8 stochastic rounding's out= ops refuse them.
+    Under a partial (low-VRAM) load ComfyUI applies the patches of the offloaded layers in the forward pass
+    itself (LowVramPatch), where autograd is on, and the backward still has to run."""
     from tav_core.testing.comfy_inprocess import pack_core
 
     null_text = pack_core("null_text").null_text
+    patched_with_grad = []
+    if loading == "partial":
+        import comfy.model_patcher
+
+        request.getfixturevalue("partial_loading")
+        apply = comfy.model_patcher.LowVramPatch.__call__
+
+        def recording(self, weight):
+            patched_with_grad.append(torch.is_grad_enabled())
+            return apply(self, weight)
+
+        monkeypatch.setattr(comfy.model_patcher.LowVramPatch, "__call__", recording)
     inflated = core.inflate.inflate(unets[storage], seed=0)
     latent = {"samples": clip_inputs["latents"][:2]}
     settings = core.tuning.TuneSettings(steps=1, learning_rate=1e-3, precision="fp32")
@@ -260,3 +276,5 @@ def test_backward_runs_on_a_weight_patched_model_in_half_storage(core, unets, cl
                                                clip_inputs["empty"], 1, 7.5, 1, 0.0)
     assert all(torch.isfinite(torch.tensor(retuned.losses)))
     assert torch.isfinite(result.uncond).all()
+    if loading == "partial":
+        assert any(patched_with_grad), "no weight patch was applied per operation with autograd on"
