@@ -95,6 +95,26 @@ def summarise(runs: dict, ours_key: str) -> list[dict]:
     ]
 
 
+def profile_lines(runs: dict) -> list[str]:
+    """One fp32 CFG step under torch.profiler: self CPU ms by op category, median over rounds."""
+    profiles = {impl: [r["cfg_fp32"]["profile"] for r in runs[impl]["sample"] if "profile" in r.get("cfg_fp32", {})]
+                for impl in runs}
+    if not any(profiles.values()):
+        return []
+    impls = [impl for impl in runs if profiles[impl]]
+    categories = list(dict.fromkeys(c for impl in impls for p in profiles[impl] for c in p["by_category_ms"]))
+    lines = ["", "One fp32 CFG step under torch.profiler, self CPU ms by category (median over rounds; tables in "
+             "the `-profile` folder):", "", "| category | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+    for category in ["total_self_cpu_ms", *categories]:
+        cells = []
+        for impl in impls:
+            values = [p["total_self_cpu_ms"] if category == "total_self_cpu_ms" else p["by_category_ms"].get(category, 0.0)
+                      for p in profiles[impl]]
+            cells.append(fmt(statistics.median(values), 0))
+        lines.append(f"| {'total' if category == 'total_self_cpu_ms' else category} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(meta: dict, summaries: dict, runs: dict) -> str:
     lines = [f"# Ours vs official Tune-A-Video, {meta['timestamp']}", "",
              f"{meta['frames']} frames at {meta['size']}×{meta['size']}, fp32 (bf16 rows: ours under bf16 autocast) on "
@@ -113,6 +133,7 @@ def markdown(meta: dict, summaries: dict, runs: dict) -> str:
             met = "" if r["ratio"] is None or r["target"] is None else (" ✓" if r["ratio"] <= r["target"] else " ✗")
             lines.append(f"| {r['what']} | {fmt(r['ours'])} | {fmt(r['official'])} | {fmt(r['ratio'])}{met} | "
                          f"{target} |")
+    lines += profile_lines(runs)
     lines += ["", "Per-job medians in run order (s/step or MB):", ""]
     for impl in runs:
         for key, _ in JOBS:
@@ -145,6 +166,8 @@ def main(argv=None):
                         help="comma-separated job keys (" + ",".join(k for k, _ in JOBS) + ")")
     parser.add_argument("--ours", default=",".join(OURS), help="comma-separated variants of ours to run")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more fp32 CFG step in every sample job (torch.profiler, self CPU time)")
     args = parser.parse_args(argv)
 
     if not (args.official / "train_tuneavideo.py").exists():
@@ -169,7 +192,12 @@ def main(argv=None):
 
     meta["attention_backends"] = {}
 
-    def run(impl, key, spec):
+    profile_dir = RESULTS / f"official-{stamp}-profile"
+
+    def run(impl, key, spec, round_index):
+        if args.profile and key == "sample":
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            spec = {**spec, "profile_table": str(profile_dir / f"{impl}-round{round_index}.txt")}
         if impl in OURS:
             result = run_worker({**spec, **base, **OURS[impl]}, args.timeout)
             meta["attention_backends"].setdefault(impl, result.get("attention_backend"))
@@ -184,7 +212,7 @@ def main(argv=None):
         for key, spec in jobs:
             for impl in (order if round_index % 2 == 0 else order[::-1]):
                 if impl in OURS or key not in OURS_ONLY:
-                    run(impl, key, spec)
+                    run(impl, key, spec, round_index)
     meta["load_end"] = os.getloadavg()[0]
     summaries = {ours_key: summarise(runs, ours_key) for ours_key in ours}
     RESULTS.mkdir(parents=True, exist_ok=True)

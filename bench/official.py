@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from rss import RssPeak, status_bytes  # bench/ is this script's own folder, first on sys.path
+from profiling import StepProfile, summary  # bench/ is this script's own folder, first on sys.path
+from rss import RssPeak, status_bytes
 
 SEED = 33
 
@@ -168,6 +169,13 @@ def task_sample(spec, folder: Path):
              callback=lambda i, t, x: marks.append(time.perf_counter()), callback_steps=1)
     times = [b - a for a, b in zip(marks, marks[1:])]
     out["cfg_fp32"] = {"step_seconds": times, "median_s": statistics.median(times), "peak_mb": memory.growth_mb()}
+    if spec.get("profile_table"):  # one more CFG step, its second, under torch.profiler
+        step = StepProfile(first_step=0)
+        with torch.no_grad():
+            pipe("spider man is skiing", video_length=frames, height=size, width=size, num_inference_steps=2,
+                 guidance_scale=12.5, latents=latents.clone(), callback=lambda i, t, x: step.mark(i),
+                 callback_steps=1)
+        out["cfg_fp32"]["profile"] = summary(step.prof, Path(spec["profile_table"]))
 
     starts = []
     hook = pipe.unet.register_forward_pre_hook(lambda m, a: starts.append(time.perf_counter()))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import machine  # bench/, this script's folder, is first on sys.path
+from profiling import StepProfile, categorise, summary, top_ops
 from rss import RssPeak, status_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,6 +320,10 @@ def task_sample(spec):
         _sample(core, inflated, latents, positive, negative)(1, None)
     out["cfg_fp32"]["flops"] = mode.get_total_flops()
     out["cfg_fp32"]["flops_by_op"] = flops_by_op(mode)
+    if spec.get("profile_table"):  # one more fp32 CFG step, its second, under torch.profiler
+        step = StepProfile(first_step=0, cuda=device().type == "cuda")
+        _sample(core, inflated, latents, positive, negative)(2, lambda i, *_: step.mark(i))
+        out["cfg_fp32"]["profile"] = summary(step.prof, Path(spec["profile_table"]))
 
     memory.reset()
     times, _ = timed_sampler(_invert(core, inflated, latents, negative), steps)
@@ -339,36 +344,6 @@ def task_sample(spec):
     out["memory_method"] = memory.method
     out["memory_note"] = "one process, modes in sequence; peak reset before each"
     return out
-
-
-def _top_ops(prof, n=15):
-    rows = []
-    for e in sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]:
-        rows.append({"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count})
-    return rows
-
-
-CATEGORIES = (
-    ("convolution", ("conv", "mkldnn_convolution", "slow_conv")),
-    ("matmul (linear, attention bmm)", ("addmm", "aten::mm", "bmm", "baddbmm", "matmul", "linear")),
-    ("softmax", ("softmax",)),
-    ("group/layer norm", ("group_norm", "layer_norm", "var_mean", "rsqrt")),
-    ("copies (copy_/clone/to/cat/index)", ("copy_", "clone", "aten::to", "_to_copy", "aten::cat", "index")),
-    ("elementwise", ("add", "mul", "sub", "div", "gelu", "silu", "neg", "where", "fill", "zero")),
-    ("optimizer (foreach/_fused)", ("_foreach", "_fused", "adamw")),
-)
-
-
-def _categorise(prof) -> dict:
-    totals = {}
-    total = 0.0
-    for e in prof.key_averages():
-        t = e.self_cpu_time_total / 1e3
-        total += t
-        name = e.key.lower()
-        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
-        totals[cat] = totals.get(cat, 0.0) + t
-    return {"total_self_cpu_ms": total, "by_category_ms": dict(sorted(totals.items(), key=lambda kv: -kv[1]))}
 
 
 def task_profile(spec):
@@ -393,7 +368,7 @@ def task_profile(spec):
                                         precision="fp32" if device().type == "cpu" else "auto")
     with torch.inference_mode():
         core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
-    out["tune_step"] = {"top_ops": _top_ops(prof), **_categorise(prof)}
+    out["tune_step"] = {"top_ops": top_ops(prof), **categorise(prof)}
     (results_dir / "profile_tune.txt").write_text(
         prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
@@ -409,7 +384,7 @@ def task_profile(spec):
             prof.stop()
 
     core.sampling.ddim_sample(inflated, positive, negative, latents, 2, CFG, 0.0, 0, False, callback)
-    out["sample_step"] = {"top_ops": _top_ops(prof), **_categorise(prof)}
+    out["sample_step"] = {"top_ops": top_ops(prof), **categorise(prof)}
     (results_dir / "profile_sample.txt").write_text(
         prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
