@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import machine  # bench/, this script's folder, is first on sys.path
-from profiling import StepProfile, categorise, summary, top_ops
+from profiling import StepProfile, summary
 from rss import RssPeak, status_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,46 +347,26 @@ def task_sample(spec):
 
 
 def task_profile(spec):
-    from torch.profiler import ProfilerActivity, profile
-
     core, model, inflated, latents = common(spec)
     positive, negative = conditioning(0), conditioning(1)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device().type == "cuda" else [])
+    cuda = device().type == "cuda"
     out = {}
     results_dir = Path(spec["results_dir"])
 
     # 1. one tune step (gradient checkpointing on: the default), after a warm-up step
-    prof = profile(activities=activities)
-
-    def on_step(step, total, loss):
-        if step == 1:
-            prof.start()
-        elif step == 2:
-            prof.stop()
-
-    settings = core.tuning.TuneSettings(steps=2, gradient_checkpointing=True,
-                                        precision="fp32" if device().type == "cpu" else "auto")
+    step = StepProfile(first_step=1, cuda=cuda)
+    settings = core.tuning.TuneSettings(steps=2, gradient_checkpointing=True, precision="auto" if cuda else "fp32")
     with torch.inference_mode():
-        core.tuning.tune(inflated, positive, {"samples": latents}, settings, on_step)
-    out["tune_step"] = {"top_ops": top_ops(prof), **categorise(prof)}
-    (results_dir / "profile_tune.txt").write_text(
-        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        core.tuning.tune(inflated, positive, {"samples": latents}, settings, lambda i, total, loss: step.mark(i))
+    out["tune_step"] = summary(step.prof, results_dir / "profile_tune.txt")
 
     # 2. one CFG sampling step
     with torch.inference_mode():
         randomise_temporal(core, inflated)
-    prof = profile(activities=activities)
-
-    def callback(step, x0, x, total):
-        if step == 0:
-            prof.start()
-        elif step == 1:
-            prof.stop()
-
-    core.sampling.ddim_sample(inflated, positive, negative, latents, 2, CFG, 0.0, 0, False, callback)
-    out["sample_step"] = {"top_ops": top_ops(prof), **categorise(prof)}
-    (results_dir / "profile_sample.txt").write_text(
-        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    step = StepProfile(first_step=0, cuda=cuda)
+    core.sampling.ddim_sample(inflated, positive, negative, latents, 2, CFG, 0.0, 0, False,
+                              lambda i, *_: step.mark(i))
+    out["sample_step"] = summary(step.prof, results_dir / "profile_sample.txt")
 
     # 3. video GroupNorm: hooked GroupNorms compute their own output, which the hook discards
     invert = _invert(core, inflated, latents, negative)
