@@ -49,11 +49,10 @@ class StepProfile:
 
     def __init__(self, first_step: int, cuda: bool = False):
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        self.first_step, self.prof, self.done = first_step, profile(activities=activities), False
+        self.first_step, self.prof = first_step, profile(activities=activities)
 
     def mark(self, step: int):
         if step == self.first_step:
             self.prof.start()
         elif step == self.first_step + 1:
             self.prof.stop()
-            self.done = True
