@@ -31,7 +31,7 @@ def unet_and_temporal_weights(core, patcher):
     return core.tuned.effective_weights(patcher, names + core.tuned.temporal_names(patcher))
 
 
-@pytest.mark.newest_comfyui_only  # 35 s of CI time; the loss-curve browser test tunes on both ComfyUIs
+@pytest.mark.newest_comfyui_only  # 35 s of CI time; the rest of this module tunes on both ComfyUIs
 def test_loss_goes_down_on_a_real_clip(sd15, core, clip_inputs, artifacts_dir):
     result = tune(core, core.inflate.inflate(sd15[0]), clip_inputs, steps=30, learning_rate=2e-3)
     losses = result.losses
