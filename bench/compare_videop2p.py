@@ -151,8 +151,7 @@ class Ours:
         tuned, weights = self.core.tuned, self.core.weights
         unet_config = self.model.model.model_config.unet_config
         to_official = {o: official for official, o in weights.official_to_comfy(unet_config).items()}
-        names = [tuned.UNET_PREFIX + k for k in self.model.model.diffusion_model.state_dict()]
-        names += tuned.temporal_names(self.model)
+        names = tuned.every_name(self.model)
         missing = [n for n in names if n not in to_official]
         if missing:
             raise RuntimeError(f"no official name for {missing[:5]}")

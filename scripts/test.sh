@@ -3,8 +3,9 @@
 # is in ../shared/comfyui, on the newest upstream ComfyUI (see scripts/setup_newest_comfyui.sh).
 # A few heavy modules run in one of the two only, whose ComfyUI code paths the rest of the suite covers on
 # both, so that the two side-by-side runs take about as long: pinned_comfyui_only (the launch-option
-# matrix, fault injection) and newest_comfyui_only (CPU fp16-autocast tuning cases, the real-clip loss test; the newest frontend with Vue nodes, which needs the
-# newer ComfyUI's jobs API; the two-server batch; the 96-frame server run).
+# matrix, fault injection) and newest_comfyui_only (CPU fp16-autocast tuning cases; the real-clip loss test;
+# the newest frontend with Vue nodes, which needs the newer ComfyUI's jobs API; the two-server batch; the
+# 96-frame server run).
 # The two runs go side by side, one CPU thread each: much of the suite waits on server start-up,
 # imports and file I/O, so two single-threaded runs finish well before two two-threaded runs in a row
 # would, which keeps CI within its time budget. Each run's log is printed whole when both are done.

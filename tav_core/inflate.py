@@ -121,8 +121,9 @@ class SparseCausalAttn1:
             raise InflateError(_NO_FRAMES)
         precision = extra_options.get("attn_precision")
 
-        def attention(q, k, v, heads, mask=None):
-            return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
+        def attention(q, k, v, heads, mask=None):  # with the options: ComfyUI's attention override applies
+            return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision,
+                                                       transformer_options=extra_options)
 
         return sparse_causal_attention(q, k, v, extra_options["n_heads"], frames, attention, former)
 
@@ -168,7 +169,8 @@ def _temporal_hook(layer: TemporalAttention):
         precision = block.attn_precision
 
         def attention(q, k, v, heads, mask=None):
-            return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
+            return comfy_attention.optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision,
+                                                       transformer_options=options)
 
         override = options.get(TEMPORAL_ATTENTION_OPTION)
         if override is None:

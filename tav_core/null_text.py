@@ -45,7 +45,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from . import checkpointing, checks, sampling, tuning
+from . import checkpointing, checks, differentiable, sampling, tuning
 
 NULL_TEXT_KEY = "tav_null_text"  # the LATENT key of a null-text inversion's NullText
 WRAPPER_KEY = "tav_null_text"
@@ -383,6 +383,9 @@ class _NullTextLoop:
                 guided = eps_uncond + self.cfg * (eps_cond - eps_uncond)
                 x_prev = sampling.ddim_step_comfy_space(x, guided, s, s_next, 0.0, None)
                 loss = torch.nn.functional.mse_loss(x_prev * to_ddim, target)
+                if not loss.requires_grad:  # backward would raise a bare autograd error
+                    raise NullTextError("the loss got no gradient from the unconditional embedding. "
+                                        + differentiable.no_backward_hint())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

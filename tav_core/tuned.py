@@ -33,6 +33,11 @@ def temporal_names(patcher) -> list[str]:
     return [UNET_PREFIX + k for k in inflate.temporal_layers(patcher).state_dict()]
 
 
+def every_name(patcher) -> list[str]:
+    """Every tensor of the inflated model: the UNet's, then the temporal layers'."""
+    return [UNET_PREFIX + k for k in patcher.model.diffusion_model.state_dict()] + temporal_names(patcher)
+
+
 def tuned_names(patcher) -> list[str]:
     """Every tensor a tuned-weight file holds: all temporal ones plus the tuned UNet ones."""
     tuned = patcher.get_attachment(TUNED_ATTACHMENT) or {}

@@ -28,7 +28,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 
-from . import checkpointing, checks, inflate, tune_cache, tuned, windows
+from . import checkpointing, checks, differentiable, inflate, tune_cache, tuned, windows
 
 PRESETS = {
     "paper (attn1.to_q, attn2.to_q, attn_temp)": ("attn1.to_q", "attn2.to_q", "attn_temp"),
@@ -274,6 +274,8 @@ class _TrainingLoop(comfy.samplers.Sampler):
                 scaler.unscale_(optimizer)
             else:
                 loss.backward()
+            if step == 0:
+                _check_gradients(self.adapters)
             torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
             if scaler is not None:
                 scaler.step(optimizer)
@@ -286,6 +288,14 @@ class _TrainingLoop(comfy.samplers.Sampler):
         transformer_options.pop(windows.CONTEXT_WINDOW, None)
         optimizer.zero_grad(set_to_none=True)  # the gradients are not needed past the last step
         return latent_image
+
+
+def _check_gradients(adapters: dict) -> None:
+    """After the first backward pass: AdamW would silently skip a tensor that got no gradient."""
+    missing = [name for name, adapter in adapters.items() if any(p.grad is None for p in adapter.parameters())]
+    if missing:
+        raise TuneError(f"{len(missing)} of the {len(adapters)} chosen tensors got no gradient (the first: "
+                        f"{missing[0]}). " + differentiable.no_backward_hint())
 
 
 def tune(patcher, positive, latent: dict, settings: TuneSettings, on_step=None,
@@ -382,7 +392,8 @@ def gradient_clone(model):
     """A clone of `model` (and of its temporal layers, if inflated) that autograd can run backward through.
 
     The weights get no gradients; while the clone is loaded they are ordinary tensors (`_ordinary_weights`),
-    until `unload_clone`. One-Shot Tune adds its adapters to it; null-text inversion differentiates through it
+    until `unload_clone`. Its attention and fp8 layers have a backward pass whatever ComfyUI was launched with
+    (differentiable.py). One-Shot Tune adds its adapters to it; null-text inversion differentiates through it
     with respect to a text embedding."""
     clone = model.clone()
     owners = [clone]
@@ -390,6 +401,7 @@ def gradient_clone(model):
         layers = inflate.temporal_patcher(model).clone()
         clone.set_additional_models(inflate.KEY, [layers])
         owners.append(layers)
+    differentiable.make_differentiable(clone)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, LOAD_WITHOUT_GRAD_KEY,
                                _load_without_grad)
     for owner in owners:

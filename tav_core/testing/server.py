@@ -32,9 +32,10 @@ class ComfyServer:
     """Start ComfyUI with `--base-directory base_dir` and the pack linked into its custom_nodes."""
 
     def __init__(self, base_dir: Path, port: int | None = None, log_path: Path | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None):
         self.base_dir = Path(base_dir)
         self.extra_args = tuple(extra_args)  # ComfyUI launch options, e.g. ("--bf16-unet",)
+        self.extra_env = dict(extra_env or {})  # e.g. a PYTHONPATH with stand-in packages
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or self.base_dir / "server.log"
@@ -48,7 +49,7 @@ class ComfyServer:
         link = self.base_dir / "custom_nodes" / PACK_LINK_NAME
         if not link.exists():
             link.symlink_to(PACK_ROOT, target_is_directory=True)
-        env = dict(os.environ)
+        env = dict(os.environ) | self.extra_env
         # Without it OpenMP threads spin against the server's own threads: 10x slower sampling.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),

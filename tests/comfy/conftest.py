@@ -1,7 +1,7 @@
 """Level 2: ComfyUI imported in-process, with the pack loaded by ComfyUI's own custom-node loader."""
 import pytest
 
-from tav_core.testing.comfy_inprocess import load_comfy_with_pack, pack_core, pack_module
+from tav_core.testing.comfy_inprocess import clip_images, encode_prompts, load_comfy_with_pack, pack_core, pack_module
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +67,16 @@ def progress_hook():
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
     yield calls
     comfy.utils.set_progress_bar_global_hook(previous)
+
+
+@pytest.fixture(scope="session")
+def clip_inputs(sd15, synthetic_clip):
+    """The synthetic clip's first 4 frames (every 2nd, 64 px) as latents, with its prompt's and the empty prompt's
+    conditioning."""
+    import torch
+
+    _, clip, vae = sd15
+    with torch.inference_mode():
+        latents = vae.encode(clip_images(synthetic_clip, 4))
+    prompts = encode_prompts(clip, "a ball is rolling", "")
+    return {"latents": latents, "positive": prompts["a ball is rolling"], "empty": prompts[""]}

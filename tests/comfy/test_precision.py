@@ -10,9 +10,7 @@ constant that the server test's tolerance rests on.
 import pytest
 import torch
 
-from tav_core.testing.comfy_inprocess import clip_images, encode_prompts
-
-FRAMES = 4
+FRAMES = 4  # as the clip_inputs fixture's latents
 PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
 STORAGES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
 UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -9, torch.float16: 2.0 ** -11,
@@ -35,15 +33,6 @@ def unets(comfy_nodes, tiny_checkpoint):
             models[name] = comfy.sd.load_checkpoint_guess_config(
                 str(tiny_checkpoint), output_vae=False, output_clip=False, model_options={"dtype": dtype})[0]
     return models
-
-
-@pytest.fixture(scope="module")
-def clip_inputs(sd15, synthetic_clip):
-    _, clip, vae = sd15
-    with torch.inference_mode():
-        latents = vae.encode(clip_images(synthetic_clip, FRAMES))
-    prompts = encode_prompts(clip, "a ball is rolling", "")
-    return {"latents": latents, "positive": prompts["a ball is rolling"], "empty": prompts[""]}
 
 
 def unet_forward(core, model, positive, inflated: bool) -> torch.Tensor:
@@ -115,8 +104,7 @@ def test_tuning_under_half_storage_trains_every_chosen_tensor_in_fp32(core, unet
     base_before = {k: v.clone() for k, v in model.model.state_dict().items()}
     inflated = core.inflate.inflate(model, seed=0)
     chosen = core.tuning.trainable_names(inflated, PAPER)
-    every = [core.tuned.UNET_PREFIX + k for k in model.model.diffusion_model.state_dict()] + \
-        core.tuned.temporal_names(inflated)
+    every = core.tuned.every_name(inflated)
     adapters = core.tuning.make_adapters(inflated, chosen, core.tuning.TuneSettings())
     assert all(p.dtype == torch.float32 for a in adapters.values() for p in a.parameters())
     before = core.tuned.effective_weights(inflated, every)
@@ -279,3 +267,48 @@ def test_backward_runs_on_a_weight_patched_model_in_half_storage(core, unets, cl
     assert torch.isfinite(result.uncond).all()
     if loading == "partial":
         assert any(patched_with_grad), "no weight patch was applied per operation with autograd on"
+
+
+@pytest.fixture
+def fp8_compute(monkeypatch, tiny_checkpoint):
+    """The tiny checkpoint's MODEL in fp8 as ComfyUI loads it with --supports-fp8-compute --fast fp8_matrix_mult
+    (what a GPU with fp8 compute and --fast gets): `comfy.ops.fp8_ops`, whose linear layers clamp their input in
+    place and multiply with torch._scaled_mm (on this CPU too), neither of which autograd can go back through."""
+    import comfy.cli_args
+    import comfy.model_management
+    import comfy.sd
+
+    monkeypatch.setattr(comfy.model_management, "SUPPORT_FP8_OPS", True)
+    monkeypatch.setattr(comfy.cli_args.args, "fast", {comfy.cli_args.PerformanceFeature.Fp8MatrixMultiplication})
+    with torch.inference_mode():
+        return comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint), output_vae=False, output_clip=False,
+                                                     model_options={"dtype": torch.float8_e4m3fn})[0]
+
+
+def test_fp8_compute_tunes_as_fp8_storage_does_and_samples_in_fp8(core, unets, clip_inputs, fp8_compute, monkeypatch):
+    """Training casts the fp8 weights per operation, as --fp8_e4m3fn-unet without --fast does: the same
+    weights bit for bit. Sampling afterwards multiplies in fp8."""
+    import comfy.ops
+
+    linears = [m for m in fp8_compute.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is comfy.ops.fp8_ops.Linear for m in linears)
+    fp8_calls = []
+    fp8_linear = comfy.ops.fp8_linear
+    monkeypatch.setattr(comfy.ops, "fp8_linear", lambda self, x: fp8_calls.append(1) or fp8_linear(self, x))
+    inflated = core.inflate.inflate(fp8_compute, seed=0)
+    every = core.tuned.every_name(inflated)
+    before = core.tuned.effective_weights(inflated, every)
+    with torch.inference_mode():
+        tuned = core.tuning.tune(inflated, clip_inputs["positive"], {"samples": clip_inputs["latents"]},
+                                 core.tuning.TuneSettings(steps=2, learning_rate=1e-3, precision="fp32")).model
+    assert not fp8_calls
+    after = core.tuned.effective_weights(tuned, every)
+    chosen = core.tuning.trainable_names(inflated, PAPER)
+    assert {k for k in every if not torch.equal(before[k], after[k])} == set(chosen)
+    deltas = torch.cat([(after[n] - before[n]).flatten() for n in chosen])
+    assert torch.equal(deltas, tuned_deltas(core, unets["fp8_e4m3fn"], clip_inputs, "fp32"))
+    assert all(type(m) is comfy.ops.fp8_ops.Linear for m in linears)  # the training views are gone
+    with torch.inference_mode():
+        edit = core.sampling.ddim_invert(tuned, clip_inputs["latents"], clip_inputs["empty"], 1,
+                                         callback=lambda *a: None)
+    assert fp8_calls and torch.isfinite(edit).all()

@@ -27,8 +27,7 @@ def tune(core, model, clip_inputs, **overrides):
 
 
 def unet_and_temporal_weights(core, patcher):
-    names = [core.tuned.UNET_PREFIX + k for k in patcher.model.diffusion_model.state_dict()]
-    return core.tuned.effective_weights(patcher, names + core.tuned.temporal_names(patcher))
+    return core.tuned.effective_weights(patcher, core.tuned.every_name(patcher))
 
 
 @pytest.mark.newest_comfyui_only  # 35 s of CI time; the rest of this module tunes on both ComfyUIs
@@ -82,6 +81,29 @@ def test_training_borrows_the_shared_weights_without_a_copy_and_gives_them_back(
                for k, p in during[0].items())
     # Afterwards the shared model holds its own parameters again.
     assert all(p is own[(part, k)] for part, module in modules.items() for k, p in module.named_parameters())
+
+
+def test_a_tune_after_the_frontends_unload_models_gives_the_same_weights(core, tiny_checkpoint, clip_inputs):
+    """The frontend's Unload Models (POST /free) unloads outside inference mode. ComfyUI 0.33.0 then gives the
+    weights that a sampled tuned model had patched back as ordinary tensors, which the next tune must use as
+    they are. Its own copy of the checkpoint: the session's shared one keeps ComfyUI's loader's tensors."""
+    import comfy.model_management
+    import comfy.sd
+
+    with torch.inference_mode():
+        model = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint), output_vae=False, output_clip=False)[0]
+    inflated = core.inflate.inflate(model, seed=0)
+    first = tune(core, inflated, clip_inputs, steps=2)
+    positive, latent = clip_inputs
+    with torch.inference_mode():
+        core.sampling.ddim_invert(first.model, latent["samples"], positive, 1, callback=lambda *a: None)
+    comfy.model_management.unload_all_models()  # as main.py's prompt worker runs /free
+    print("ordinary after /free:", sum(not p.is_inference() for p in model.model.parameters()))
+    names = core.tuning.trainable_names(inflated, PAPER)
+    second = tune(core, inflated, clip_inputs, steps=2)
+    expected, got = core.tuned.effective_weights(first.model, names), core.tuned.effective_weights(second.model, names)
+    assert all(torch.equal(got[n], expected[n]) for n in names)
+    assert second.losses == first.losses
 
 
 @pytest.mark.parametrize("blocks", ["all blocks", "highest-resolution blocks"])

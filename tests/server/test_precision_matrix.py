@@ -14,6 +14,13 @@ sampling steps); errors that add up linearly over the chain stay below
 fp16, 0.32 for fp8). With fp8 (3 mantissa bits) the bound is above 100%: there it only says that the
 run did not go wrong, which is the most fp8 storage permits.
 
+With --supports-fp8-compute and --fast fp8_matrix_mult, this CPU takes the path of a GPU with fp8 compute:
+fp8 matrix multiplication (torch._scaled_mm runs on a CPU too), which training has to go around.
+
+Sage attention and flash attention need CUDA and their packages: here the packages are stand-ins
+(tests/stand_ins) with their interfaces, exact attention, and their autograd behaviour, so these runs
+check that training gets a backward pass through ComfyUI's own dispatch of them, and sampling uses them.
+
 The attention backends (and channels-last convolutions) compute the same fp32 math in another
 order. Reordering a sum of K terms changes it by at most gamma_K ~ K u (Higham, Accuracy and
 Stability of Numerical Algorithms, 3.1); the longest sums an attention backend reorders run over
@@ -23,6 +30,7 @@ a difference between the cond and uncond predictions by cfg, so each sampling st
 """
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -30,7 +38,7 @@ import torch
 
 from tav_core.testing.server import ComfyServer
 
-# CI time: seven servers; tests/comfy/test_precision.py covers the same code paths on both ComfyUIs.
+# CI time: ten servers; tests/comfy/test_precision.py covers the same code paths on both ComfyUIs.
 pytestmark = pytest.mark.pinned_comfyui_only
 
 SERVER_CLIP = "clip.mp4"
@@ -53,11 +61,19 @@ CONFIGS = {
     "bf16-unet+bf16-vae": (("--bf16-unet", "--bf16-vae"), ("bf16",), True),
     "fp16-unet+fp16-vae": (("--fp16-unet", "--fp16-vae"), ("fp16",), True),
     "fp8_e4m3fn-unet": (("--fp8_e4m3fn-unet",), ("fp8_e4m3fn",), True),
+    # What a GPU with fp8 compute runs with --fast: comfy.ops.fp8_ops, fp8 matrix multiplication in sampling.
+    "fp8_e4m3fn-unet+fast-fp8-matrix-mult": (("--fp8_e4m3fn-unet", "--fast", "fp8_matrix_mult",
+                                              "--supports-fp8-compute"), ("fp8_e4m3fn",), False),
     "pytorch-cross-attention": (("--use-pytorch-cross-attention",), ("fp32",), False),
     "split-cross-attention": (("--use-split-cross-attention",), ("fp32",), False),
     "quad-cross-attention+channels-last": (("--use-quad-cross-attention", "--force-channels-last"), ("fp32",),
                                            False),
+    "sage-attention": (("--use-sage-attention",), ("fp32",), False),
+    "flash-attention": (("--use-flash-attention",), ("fp32",), False),
 }
+# What ComfyUI logs when the option took effect.
+ATTENTION_LOG = {"--use-sage-attention": "Using sage attention", "--use-flash-attention": "Using Flash Attention"}
+STAND_INS = Path(__file__).resolve().parents[1] / "stand_ins"
 
 
 def tolerance(storages) -> float:
@@ -109,7 +125,8 @@ def run_pipeline(tmp_path_factory, checkpoint, clip, launch_options, precisions)
     (base / "models" / "checkpoints" / checkpoint.name).symlink_to(checkpoint)
     (base / "input").mkdir()
     shutil.copy(clip, base / "input" / SERVER_CLIP)  # Load Video refuses links out of input/
-    with ComfyServer(base, extra_args=launch_options) as server:
+    stand_ins = {"PYTHONPATH": str(STAND_INS)} if set(launch_options) & set(ATTENTION_LOG) else {}
+    with ComfyServer(base, extra_args=launch_options, extra_env=stand_ins) as server:
         history = server.run(pipeline_prompt(checkpoint.name, precisions), timeout=600)
         assert history["status"]["status_str"] == "success"
         log = server.log_tail(400)
@@ -164,6 +181,10 @@ def test_pipeline_under_launch_option(config, reference, base_weights, tmp_path_
         assert f"model weight dtype torch.{TORCH_NAMES[storages[0]]}" in log
     for precision in precisions:
         assert_every_chosen_tensor_trained(saved[precision], saved["untuned"], base_weights)
+    for option in set(launch_options) & set(ATTENTION_LOG):  # it took effect, and training stood in for it
+        assert ATTENTION_LOG[option] in log and "has no backward pass" in log
+    if "fp8_matrix_mult" in launch_options:  # training cast per operation; sampling multiplied in fp8
+        assert "fp8 matrix multiplication has no backward pass" in log and "Exception during fp8 op" not in log
     expected = reference[0]
     assert torch.isfinite(latent).all()
     error = ((latent - expected).norm() / expected.norm()).item()
