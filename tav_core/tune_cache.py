@@ -26,7 +26,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from . import files, fingerprint, inflate, windows
+from . import files, fingerprint, inflate, tuned, windows
 
 CACHE_FORMAT = 2
 # Gradient checkpointing changes nothing; the precision counts as what it resolved to (cache_key).
@@ -47,7 +47,7 @@ def _algorithm_version() -> str:
 
 def _feed_weights(describer: fingerprint.Describer, patcher) -> None:
     """Raw weights of `patcher` and every weight patch on them (LoRA, tuned deltas, ...)."""
-    for key, ((weight, _), *patches) in sorted(patcher.get_key_patches().items()):
+    for key, ((weight, _), *patches) in sorted(tuned.key_patches(patcher).items()):
         describer.put(key)
         describer.tensor(weight)
         describer.value([p[:4] for p in patches])  # strength, patch data, strength_model, offset
@@ -101,7 +101,7 @@ def expected_entry(patcher, names) -> dict[str, tuple]:
     """name -> shape of every tensor an entry of this tuning must hold."""
     shapes = {}
     for owner in (patcher, inflate.temporal_patcher(patcher)):
-        for key, ((weight, _), *_) in owner.get_key_patches().items():
+        for key, ((weight, _), *_) in tuned.key_patches(owner).items():
             shapes[key if owner is patcher else "diffusion_model." + key] = tuple(weight.shape)
     return {name: shapes.get(name) for name in names}
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 import comfy.lora
+import comfy.model_patcher
+import comfy.utils
 
 from . import inflate
 
@@ -35,7 +37,31 @@ def temporal_names(patcher) -> list[str]:
 
 def every_name(patcher) -> list[str]:
     """Every tensor of the inflated model: the UNet's, then the temporal layers'."""
-    return [UNET_PREFIX + k for k in patcher.model.diffusion_model.state_dict()] + temporal_names(patcher)
+    return [k for k in key_patches(patcher) if k.startswith(UNET_PREFIX)] + temporal_names(patcher)
+
+
+def key_patches(patcher) -> dict[str, list]:
+    """`ModelPatcher.get_key_patches`: key -> [(raw weight, its convert function), *weight patches].
+
+    Not ComfyUI's own, which fails on quantised layers in ComfyUI 0.33: their state dicts also list the scale and
+    format of the weight (`weight_scale`, `comfy_quant`), which are no attributes to look up. They are part of the
+    weight (a QuantizedTensor) and of its convert function, so they are left out here."""
+    out = {}
+    for key in patcher.model_state_dict():
+        path, _, attribute = key.rpartition(".")
+        if not hasattr(comfy.utils.get_attr(patcher.model, path) if path else patcher.model, attribute):
+            continue
+        weight, _, convert = comfy.model_patcher.get_key_weight(patcher.model, key)
+        if key in patcher.backup:  # loaded with its patches applied in place: the raw weight is backed up
+            weight = patcher.backup[key].weight
+        if key in patcher.hook_backup:
+            weight = patcher.hook_backup[key][0]
+        out[key] = [(weight, convert or _unconverted)] + list(patcher.patches.get(key, ()))
+    return out
+
+
+def _unconverted(weight, **kwargs):
+    return weight
 
 
 def tuned_names(patcher) -> list[str]:
@@ -73,12 +99,12 @@ def add_deltas(patcher, deltas: dict[str, torch.Tensor], metadata: dict | None =
 
 
 def _weights(patcher, names, with_patches: bool) -> dict[str, torch.Tensor]:
-    out, key_patches = {}, {}
+    out, walked = {}, {}
     for name in names:
         owner, key = _owner(patcher, name)
-        if id(owner) not in key_patches:  # one state-dict walk per ModelPatcher
-            key_patches[id(owner)] = owner.get_key_patches()
-        patches = key_patches[id(owner)].get(key)
+        if id(owner) not in walked:  # one state-dict walk per ModelPatcher
+            walked[id(owner)] = key_patches(owner)
+        patches = walked[id(owner)].get(key)
         if patches is None:
             raise KeyError(f"the model has no tensor {name}")
         (weight, convert), *rest = patches

@@ -27,6 +27,7 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
+import comfy.utils
 
 from . import checkpointing, checks, differentiable, inflate, tune_cache, tuned, windows
 
@@ -382,10 +383,32 @@ def _training_clone(model, adapters: dict, checkpoint_blocks: str | None):
         if tuned.is_temporal(name):
             layers.add_weight_wrapper(name[len(tuned.UNET_PREFIX):], adapter)
         else:
-            training.add_weight_wrapper(name, adapter)
+            training.add_weight_wrapper(name, _scaled_fp8_aware(training, name, adapter))
     if checkpoint_blocks is not None:
         checkpointing.add_checkpointing(training, checkpoint_blocks)
     return training
+
+
+class _ScaledWeightAdapter:
+    """An adapter of a scaled fp8 layer (ComfyUI 0.3's `scaled_fp8_ops`), which multiplies its weight by
+    `scale_weight` after the weight wrappers ran: the adapter is handed the real weight and hands its result back
+    in the layer's scaled units. The scale is read when called: while the clone is loaded it is an ordinary
+    tensor that autograd can save (`_ordinary_weights`)."""
+
+    def __init__(self, layer, adapter):
+        self.layer, self.adapter = layer, adapter
+
+    def __call__(self, weight):
+        scale = self.layer.scale_weight.to(weight)
+        return self.adapter(weight * scale) / scale
+
+
+def _scaled_fp8_aware(patcher, name: str, adapter):
+    path, _, attribute = name.rpartition(".")
+    layer = comfy.utils.get_attr(patcher.model, path)
+    if attribute == "weight" and torch.is_tensor(getattr(layer, "scale_weight", None)):
+        return _ScaledWeightAdapter(layer, adapter)
+    return adapter
 
 
 def gradient_clone(model):
@@ -474,4 +497,18 @@ def unload_clone(training) -> None:
             comfy.model_management.current_loaded_models.remove(loaded)
     for owner in owners:
         _restore_weights(owner.get_attachment(SWAPS_ATTACHMENT) or [])
+        _quantised_weights_as_inference_tensors(owner)
     comfy.model_management.soft_empty_cache()
+
+
+def _quantised_weights_as_inference_tensors(patcher) -> None:
+    """Make the shared model's quantised weights (tensor subclasses) inference tensors again.
+
+    ComfyUI 0.33's quantised layers copy their weights into ordinary tensors when moved outside inference mode,
+    as the training clone's load does, and once ordinary they fail to load under inference mode, as every node
+    runs ("Cannot set version_counter for inference tensor"). Plain tensors load either way and stay."""
+    with torch.inference_mode():
+        for module in patcher.model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if type(param) is not torch.nn.Parameter and not param.is_inference():
+                    setattr(module, name, torch.nn.Parameter(param.clone(), requires_grad=False))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock  # a dependency of torch, so always installed
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tav_core.testing.comfy_inprocess import bootstrap_comfyui
 from tav_core.testing.server import PACK_ROOT, comfyui_dir
@@ -74,6 +74,7 @@ _LEVELS = {
 # CLIP's logit scale (which the SD1 layout does not store).
 _CONSTRUCTOR_INITIALISED = ("vae_scale", "vae_shift", "logit_scale")
 _CONTROLNET_STREAM = 1 << 40
+_UNET_KEY_PREFIX = "model.diffusion_model."
 
 
 def sd15_unet_config(size: str = "tiny") -> dict:
@@ -116,6 +117,42 @@ def cached_sd15_checkpoint(cache_dir=None, size: str = "tiny") -> Path:
             if not path.exists():
                 write_sd15_checkpoint(path, size=size)
     return path
+
+
+FP8_MAX = 448.0  # the largest float8_e4m3fn
+
+
+def write_scaled_fp8_checkpoints(source, quantised_path, reference_path,
+                                 fp8_matrix_mult: bool = False) -> tuple[Path, Path]:
+    """Quantise every linear layer of `source`'s UNet to float8_e4m3fn with a per-tensor scale, in ComfyUI's scaled
+    fp8 layout (a `scale_weight` per layer and a `scaled_fp8` marker, as fp8 checkpoints come: ComfyUI 0.3 builds
+    `comfy.ops.scaled_fp8_ops` for it, 0.33 converts it to QuantizedTensor weights). Beside it goes the reference:
+    the same checkpoint with those layers' dequantised values in fp32, what the quantised one computes with. The
+    layers' biases are rounded to fp8 values in both, as ComfyUI 0.3's scaled_fp8_ops stores them in fp8.
+
+    `fp8_matrix_mult`: mark the file for fp8 matrix multiplication, which ComfyUI then uses where the device has
+    fp8 compute (with unit input scales, so that it computes the same)."""
+    tensors = load_file(str(source))
+    quantised, reference = dict(tensors), dict(tensors)
+    for key, weight in tensors.items():
+        if not (key.startswith(_UNET_KEY_PREFIX) and key.endswith(".weight") and weight.ndim == 2):
+            continue
+        layer = key[:-len(".weight")]
+        scale = weight.float().abs().max() / FP8_MAX
+        fp8 = (weight.float() / scale).to(torch.float8_e4m3fn)
+        quantised[key], reference[key] = fp8, fp8.float() * scale
+        quantised[f"{layer}.scale_weight"] = scale.reshape(())
+        if fp8_matrix_mult:
+            quantised[f"{layer}.scale_input"] = torch.ones(())
+        if f"{layer}.bias" in tensors:
+            bias = tensors[f"{layer}.bias"]
+            quantised[f"{layer}.bias"] = reference[f"{layer}.bias"] = bias.to(torch.float8_e4m3fn).to(bias.dtype)
+    # The marker's size is the switch: empty for fp8 matrix multiplication, two elements for weight-only fp8.
+    quantised[_UNET_KEY_PREFIX + "scaled_fp8"] = torch.zeros(0 if fp8_matrix_mult else 2, dtype=torch.float8_e4m3fn)
+    metadata = {"format": "pt", "generator": f"tav_core.testing.checkpoints {generator_tag()}"}
+    _save_atomically(quantised, Path(quantised_path), metadata)
+    _save_atomically(reference, Path(reference_path), metadata)
+    return Path(quantised_path), Path(reference_path)
 
 
 def write_sd15_controlnet(path, seed: int = 0) -> Path:

@@ -1,0 +1,113 @@
+"""A checkpoint in ComfyUI's scaled fp8 layout: fp8 linear layers, each with a per-tensor scale.
+
+ComfyUI 0.3 builds `comfy.ops.scaled_fp8_ops` for it, whose layers multiply the weight by its scale after the
+weight wrappers ran; ComfyUI 0.33 converts it to QuantizedTensor weights, whose scales its state dict lists beside
+the weights. The reference is the same checkpoint with those layers' dequantised values in fp32: what the fp8 one
+computes with, so the two agree up to the order of one multiplication (measured: 5e-7 relative per UNet forward on
+ComfyUI 0.3, exactly on 0.33, which dequantises before it multiplies).
+
+Tolerance of the tuned changes: AdamW's first steps move each entry by about lr * g / (|g| + eps), so where
+rounding alone moves a gradient entry near zero the update changes by up to lr; measured 3e-5 to 4e-4 relative
+per tensor on ComfyUI 0.3 (0 on 0.33). A tensor trained against the scaled-units weight, as the layer's own
+wrapper order would have it, is off by 0.05 to 0.8: the bound of 1e-2 lies between the two.
+
+Tolerance of the edit: sampling applies the tuned changes to the fp8 weights as ComfyUI applies a LoRA to them,
+requantising with stochastic rounding, which the fp32 reference does not; measured 4e-3 (0.33) to 6e-3 (0.3)
+relative after 3 inversion and 3 sampling steps, 0.16 where training saw the scaled-units weight: bound 0.05.
+"""
+import pytest
+import torch
+
+PAPER = "paper (attn1.to_q, attn2.to_q, attn_temp)"
+DELTA_TOLERANCE = 1e-2
+LOSS_TOLERANCE = 1e-5  # relative; one forward agrees to 5e-7
+EDIT_TOLERANCE = 0.05
+
+
+def relative_error(got, expected) -> float:
+    return ((got.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def fp8_and_reference(comfy_nodes, tiny_checkpoint, tmp_path_factory):
+    """(fp8 MODEL, reference MODEL), loaded by ComfyUI's stock checkpoint loader."""
+    import comfy.sd
+
+    from tav_core.testing.checkpoints import write_scaled_fp8_checkpoints
+
+    folder = tmp_path_factory.mktemp("scaled-fp8")
+    paths = write_scaled_fp8_checkpoints(tiny_checkpoint, folder / "fp8.safetensors", folder / "reference.safetensors")
+    with torch.inference_mode():
+        return tuple(comfy.sd.load_checkpoint_guess_config(str(p), output_vae=False, output_clip=False)[0]
+                     for p in paths)
+
+
+def first_to_q(model):
+    return model.model.diffusion_model.input_blocks[1][1].transformer_blocks[0].attn1.to_q
+
+
+def tune(core, model, inputs):
+    inflated = core.inflate.inflate(model, seed=0)
+    with torch.inference_mode():
+        result = core.tuning.tune(inflated, inputs["positive"], {"samples": inputs["latents"]},
+                                  core.tuning.TuneSettings(steps=2, learning_rate=1e-3, precision="fp32"))
+    return inflated, result
+
+
+def test_comfyui_loads_it_as_fp8_layers_with_scales(fp8_and_reference):
+    from comfy.quant_ops import QuantizedTensor
+
+    layer = first_to_q(fp8_and_reference[0])
+    if isinstance(layer.weight, QuantizedTensor):  # ComfyUI 0.33
+        assert layer.weight.dequantize().dtype == torch.float32
+    else:  # ComfyUI 0.3: the scale is the layer's own
+        assert layer.weight.dtype == torch.float8_e4m3fn and torch.is_tensor(layer.scale_weight)
+        assert layer.scale_weight.item() != 1.0
+
+
+def test_tuning_trains_the_weights_that_the_fp8_layers_compute_with(core, fp8_and_reference, clip_inputs):
+    fp8, reference = fp8_and_reference
+    raw_before = core.tuned.raw_weights(fp8, [k for k in core.tuned.key_patches(fp8) if k.startswith("diffusion_model.")])
+    inflated, result = tune(core, fp8, clip_inputs)
+    reference_inflated, expected = tune(core, reference, clip_inputs)
+    every, chosen = core.tuned.every_name(inflated), core.tuning.trainable_names(inflated, PAPER)
+    extra = set(every) - set(core.tuned.every_name(reference_inflated))
+    assert all(k.endswith(".scale_weight") for k in extra)  # ComfyUI 0.3 keeps the scales as tensors apart
+    before, after = core.tuned.effective_weights(inflated, every), core.tuned.effective_weights(result.model, every)
+    assert {k for k in every if not torch.equal(before[k], after[k])} == set(chosen)
+    assert all(abs(a - b) <= LOSS_TOLERANCE * b for a, b in zip(result.losses, expected.losses))
+    start = core.tuned.effective_weights(reference_inflated, chosen)
+    end = core.tuned.effective_weights(expected.model, chosen)
+    errors = {n: relative_error(after[n] - before[n], end[n] - start[n]) for n in chosen}
+    worst = max(errors, key=errors.get)
+    print(f"tuned changes: worst relative error {errors[worst]:.1e} ({worst})")
+    assert errors[worst] <= DELTA_TOLERANCE
+    raw_after = core.tuned.raw_weights(fp8, list(raw_before))
+    assert all(torch.equal(raw_before[k], raw_after[k]) for k in raw_before)  # the base model is unchanged
+
+
+def test_inversion_sampling_saving_and_loading_run_on_the_tuned_fp8_model(core, fp8_and_reference, clip_inputs,
+                                                                          tmp_path):
+    edits, saved = [], []
+    for model in fp8_and_reference:
+        _, result = tune(core, model, clip_inputs)
+        with torch.inference_mode():
+            inverted = core.sampling.ddim_invert(result.model, clip_inputs["latents"], clip_inputs["empty"], 3,
+                                                 callback=lambda *a: None)
+            edits.append(core.sampling.ddim_sample(result.model, clip_inputs["positive"], clip_inputs["empty"],
+                                                   inverted, 3, 12.5, 0.0, 0, True, callback=lambda *a: None))
+        path = tmp_path / f"{len(saved)}.safetensors"
+        core.weights.save_tuned(result.model, path)
+        saved.append(path)
+    error = relative_error(edits[0], edits[1])
+    print(f"edit: relative error {error:.2e} against the reference")
+    assert torch.isfinite(edits[0]).all() and error <= EDIT_TOLERANCE
+    tensors, reference_tensors = (core.weights.read_weights(p)[0] for p in saved)
+    assert tensors.keys() == reference_tensors.keys()
+    assert all(torch.equal(tensors[k], reference_tensors[k])  # the untrained zeros (norm_temp.bias)
+               or relative_error(tensors[k], reference_tensors[k]) <= DELTA_TOLERANCE for k in tensors)
+    with torch.inference_mode():
+        loaded = core.weights.load_tuned(fp8_and_reference[0], saved[0])
+    to_ours = core.weights.official_to_comfy(loaded.model.model_config.unet_config)
+    got = core.tuned.effective_weights(loaded, [to_ours[k] for k in tensors])
+    assert all(torch.allclose(got[to_ours[k]], v, rtol=1e-6, atol=1e-7) for k, v in tensors.items())
