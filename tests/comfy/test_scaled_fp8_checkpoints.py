@@ -111,3 +111,53 @@ def test_inversion_sampling_saving_and_loading_run_on_the_tuned_fp8_model(core, 
     to_ours = core.weights.official_to_comfy(loaded.model.model_config.unet_config)
     got = core.tuned.effective_weights(loaded, [to_ours[k] for k in tensors])
     assert all(torch.allclose(got[to_ours[k]], v, rtol=1e-6, atol=1e-7) for k, v in tensors.items())
+
+
+@pytest.fixture
+def fp8_matrix_mult_model(comfy_nodes, tiny_checkpoint, tmp_path, monkeypatch):
+    """The checkpoint marked for fp8 matrix multiplication, loaded as on a GPU with fp8 compute (forced here, as
+    --supports-fp8-compute does): ComfyUI 0.3 then multiplies in fp8 with torch._scaled_mm, which has no backward;
+    ComfyUI 0.33's quantised layers have a training path of their own."""
+    import comfy.model_management
+    import comfy.sd
+
+    from tav_core.testing.checkpoints import write_scaled_fp8_checkpoints
+
+    monkeypatch.setattr(comfy.model_management, "SUPPORT_FP8_OPS", True)
+    path, _ = write_scaled_fp8_checkpoints(tiny_checkpoint, tmp_path / "fp8.safetensors", tmp_path / "reference",
+                                           fp8_matrix_mult=True)
+    with torch.inference_mode():
+        return comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=False)[0]
+
+
+def test_fp8_matrix_multiplication_trains_as_weight_only_fp8_does_and_samples_in_fp8(
+        core, fp8_and_reference, fp8_matrix_mult_model, clip_inputs, monkeypatch):
+    """Training casts the weights per operation, as the weight-only checkpoint does: the same tuned changes,
+    bit for bit. (ComfyUI 0.33 would train its quantised layers with fp8 inputs: 0.36 off.)"""
+    import comfy.ops
+
+    fp8_calls = []
+    scaled_fp8_ops = hasattr(comfy.ops, "scaled_fp8_ops")  # ComfyUI 0.3
+    if scaled_fp8_ops:
+        fp8_linear = comfy.ops.fp8_linear
+        monkeypatch.setattr(comfy.ops, "fp8_linear", lambda self, x: fp8_calls.append(1) or fp8_linear(self, x))
+    else:
+        apply = comfy.ops.QuantLinearFunc.apply  # the training path with fp8 inputs
+        monkeypatch.setattr(comfy.ops.QuantLinearFunc, "apply", lambda *a: fp8_calls.append(1) or apply(*a))
+    inflated, result = tune(core, fp8_matrix_mult_model, clip_inputs)
+    assert not fp8_calls
+    chosen, every = core.tuning.trainable_names(inflated, PAPER), core.tuned.every_name(inflated)
+    before, after = core.tuned.effective_weights(inflated, every), core.tuned.effective_weights(result.model, every)
+    assert {k for k in every if not torch.equal(before[k], after[k])} == set(chosen)
+    weight_only_inflated, weight_only = tune(core, fp8_and_reference[0], clip_inputs)
+    start = core.tuned.effective_weights(weight_only_inflated, chosen)
+    end = core.tuned.effective_weights(weight_only.model, chosen)
+    assert all(torch.equal(after[n] - before[n], end[n] - start[n]) for n in chosen)
+    with torch.inference_mode():
+        inverted = core.sampling.ddim_invert(result.model, clip_inputs["latents"], clip_inputs["empty"], 1,
+                                             callback=lambda *a: None)
+    assert torch.isfinite(inverted).all()
+    if scaled_fp8_ops:
+        assert fp8_calls
+    else:  # the training switch is gone: sampling multiplies with fp8 inputs
+        assert first_to_q(fp8_matrix_mult_model)._full_precision_mm is False
