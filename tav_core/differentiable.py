@@ -90,7 +90,7 @@ def _fp8_layers_in_full_precision(patcher, weight_only: dict) -> int:
     for path, module in patcher.model.named_modules():
         if isinstance(module, comfy.ops.fp8_ops.Linear):
             patcher.add_object_patch(path, _view(module, comfy.ops.manual_cast.Linear))
-        elif scaled_in_fp8 and _is_scaled_fp8(module):
+        elif scaled_in_fp8 and is_scaled_fp8(module):
             key = (module.scale_input is not None, module.weight.dtype)
             if key not in weight_only:
                 weight_only[key] = comfy.ops.scaled_fp8_ops(fp8_matrix_mult=False, scale_input=key[0],
@@ -113,7 +113,7 @@ def _scaled_fp8_multiplies_in_fp8(patcher) -> bool:
             and comfy.model_management.supports_fp8_compute(patcher.load_device))
 
 
-def _is_scaled_fp8(module) -> bool:
+def is_scaled_fp8(module) -> bool:
     """A layer of ComfyUI 0.3's `scaled_fp8_ops`. (ComfyUI 0.33 loads such checkpoints as QuantizedTensor weights,
     whose layers have a backward pass of their own.)"""
     return isinstance(module, comfy.ops.manual_cast.Linear) and torch.is_tensor(getattr(module, "scale_weight", None))

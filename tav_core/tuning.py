@@ -406,7 +406,7 @@ class _ScaledWeightAdapter:
 def _scaled_fp8_aware(patcher, name: str, adapter):
     path, _, attribute = name.rpartition(".")
     layer = comfy.utils.get_attr(patcher.model, path)
-    if attribute == "weight" and torch.is_tensor(getattr(layer, "scale_weight", None)):
+    if attribute == "weight" and differentiable.is_scaled_fp8(layer):
         return _ScaledWeightAdapter(layer, adapter)
     return adapter
 
